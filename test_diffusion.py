@@ -1,0 +1,212 @@
+"""Correctness tests for the diffusion math, the data range, resume and the shared blocks.
+Diffusion code fails silently (wrong range, t off by one, noise at the last step): these catch it.
+
+    pytest -q test_diffusion.py
+    pytest -q -m realdata         # the real-MNIST check (needs ../shared/mnist)
+"""
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ddpm_class
+import ddpm_time
+from conftest import HERE, REAL_MNIST, run_script
+
+SCRIPTS = sorted(f for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith(("test_", "conftest")))
+
+
+# --- schedule ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("T", [300, 1000])
+def test_linear_alpha_bar_closed_form(T):
+    s = ddpm_time.make_schedule(T, "linear", "cpu")
+    t = torch.arange(1, T + 1, dtype=torch.float64)
+    beta = 1e-4 + (t - 1) * (0.02 - 1e-4) / (T - 1)           # beta_1 = 1e-4 ... beta_T = 0.02
+    expected = torch.exp(torch.cumsum(torch.log1p(-beta), 0))  # prod (1 - beta_s), another way
+    assert s["alpha_bar"][0] == 1 and s["beta"][0] == 0        # index 0 is x_0 itself
+    assert torch.allclose(s["alpha_bar"][1:].double(), expected, rtol=1e-5)
+    assert s["beta"][1].item() == pytest.approx(1e-4) and s["beta"][T].item() == pytest.approx(0.02)
+    if T == 300:  # the figure the README and compare_schedules.py quote
+        assert s["alpha_bar"][T].sqrt().item() == pytest.approx(0.219, abs=0.002)
+
+
+@pytest.mark.parametrize("T", [300, 1000])
+def test_cosine_alpha_bar_closed_form(T):
+    s = ddpm_time.make_schedule(T, "cosine", "cpu")
+    t = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2
+    # equal to f(t)/f(0) everywhere but the last step, where beta is clipped to 0.999
+    assert torch.allclose(s["alpha_bar"][:T].double(), f[:T] / f[0], atol=1e-6)
+    assert s["alpha_bar"][T] < 1e-4 and s["beta"].max() <= 0.999
+    assert torch.all(s["alpha_bar"][1:] < s["alpha_bar"][:-1])  # strictly decreasing
+
+
+def test_q_sample_statistics():
+    sched = ddpm_time.make_schedule(300, "linear", "cpu")
+    torch.manual_seed(0)
+    for t in (1, 50, 300):
+        x0 = torch.full((200_000, 1, 1, 1), 0.7)
+        xt = ddpm_time.q_sample(x0, torch.full((len(x0),), t), torch.randn_like(x0), sched)
+        ab = sched["alpha_bar"][t].item()
+        assert xt.mean().item() == pytest.approx(math.sqrt(ab) * 0.7, abs=0.01)
+        assert xt.var().item() == pytest.approx(1 - ab, abs=0.01)
+
+
+# --- samplers -----------------------------------------------------------------------------------
+def oracle_eps(points, sched):
+    """The exact eps(x_t, t) for data that is a mixture of a few points: E[eps | x_t]."""
+    def eps_fn(x, t):
+        ab = sched["alpha_bar"][t].double()
+        xd = x.double().flatten(1)                                          # (B, D)
+        logp = -((xd[:, None] - ab.sqrt() * points[None]) ** 2).sum(-1) / (2 * (1 - ab))
+        x0_mean = torch.softmax(logp, 1) @ points                           # E[x_0 | x_t]
+        return ((xd - ab.sqrt() * x0_mean) / (1 - ab).sqrt()).view_as(x).float()
+    return eps_fn
+
+
+@pytest.mark.parametrize("sampler,steps,landed", [("ddpm", 0, 0.99), ("ddim", 50, 0.99), ("ddim", 7, 0.9)])
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_sampler_with_exact_eps_recovers_the_data(sampler, steps, landed, kind):
+    """With the exact eps of a two-point data set {-1, +1}, samples land on the points, half on each
+    (7 DDIM steps are coarse: a few end between). An off-by-one t, a wrong alpha_bar index or a wrong
+    noise scale breaks this."""
+    sched = ddpm_time.make_schedule(300, kind, "cpu")
+    points = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x_T = torch.randn(4000, 1, 1, 1, generator=gen)
+    x0 = ddpm_time.sample(oracle_eps(points, sched), x_T, sched, sampler, steps, gen)
+    on_points = ((x0.abs() - 1).abs() < 1e-3).float().mean().item()
+    assert on_points > landed, f"only {on_points:.3f} of the samples land on the data points"
+    assert (x0 > 0).float().mean().item() == pytest.approx(0.5, abs=0.04)
+
+
+def test_no_noise_at_the_last_step():
+    """x_0 is the mean of p(x_0 | x_1): the last step adds no noise, and noise is drawn T - 1 times."""
+    sched = ddpm_time.make_schedule(10, "linear", "cpu")
+    eps_fn = lambda x, t: 0.1 * x + 0.01 * t  # noqa: E731  any fixed function of (x, t)
+    x0, ts, frames = ddpm_time.sample(eps_fn, torch.randn(5, 1, 28, 28), sched, "ddpm",
+                                      gen=torch.Generator().manual_seed(1), keep_trajectory=True)
+    x1 = frames[-2]
+    mean = (x1 - sched["beta"][1] / (1 - sched["alpha_bar"][1]).sqrt() * eps_fn(x1, 1)) / sched["alpha"][1].sqrt()
+    assert torch.allclose(x0, mean, atol=1e-6) and ts.tolist() == list(range(10, -1, -1))
+    # and every earlier step does add noise: two generators give different x_1 from the same x_T
+    x_T = torch.randn(5, 1, 28, 28)
+    a = ddpm_time.sample(eps_fn, x_T, sched, "ddpm", gen=torch.Generator().manual_seed(1), keep_trajectory=True)[2]
+    b = ddpm_time.sample(eps_fn, x_T, sched, "ddpm", gen=torch.Generator().manual_seed(2), keep_trajectory=True)[2]
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[-2], b[-2])
+
+
+def test_guidance_convention():
+    """eps = eps_u + w (eps_c - eps_u): w = 0 is unconditional, w = 1 conditional."""
+    class Fake(torch.nn.Module):
+        def forward(self, x, t, y):
+            return x * 0 + y.float().view(-1, 1, 1, 1)  # "eps" = the label (NULL = 10)
+    y = torch.tensor([3, 7])
+    x = torch.zeros(2, 1, 28, 28)
+    for w, expected in [(0, [10, 10]), (1, [3, 7]), (5, [10 + 5 * (3 - 10), 10 + 5 * (7 - 10)])]:
+        out = ddpm_class.guided_eps_fn(Fake(), y, w)(x, 5)
+        assert out[:, 0, 0, 0].tolist() == expected
+
+
+def test_labels_dropped_per_sample(tiny_mnist):
+    """Classifier-free guidance drops ~10% of the labels, chosen per sample within each batch."""
+    seen = []
+
+    class Spy(ddpm_class.UNet):
+        def forward(self, x, t, y):
+            seen.append(y.clone())
+            return super().forward(x, t, y)
+    args = ddpm_class.get_args(["--channels", "8", "8", "8", "--batch-size", "256"])
+    model = Spy(args.channels)
+    images, labels = ddpm_class.load_mnist(tiny_mnist)
+    x_all = ddpm_class.to_model_range(images).repeat(20, 1, 1, 1)       # 10240 digits, 40 batches
+    y_all = labels.repeat(20)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    ddpm_class.train_epoch(model, ddpm_class.UNet(args.channels), opt, 0, x_all, y_all,
+                           ddpm_class.make_schedule(args.T, args.schedule, "cpu"), args, 1)
+    dropped = torch.stack([(y == ddpm_class.NULL).float().mean() for y in seen])
+    assert dropped.mean().item() == pytest.approx(0.1, abs=0.015)
+    assert (dropped > 0).all() and (dropped < 0.5).all(), "dropping must be per sample, not per batch"
+
+
+# --- data range -------------------------------------------------------------------------------
+def test_data_range(tiny_mnist):
+    images, labels = ddpm_time.load_mnist(tiny_mnist, train=True)
+    assert images.dtype == torch.uint8 and images.shape == (512, 28, 28) and labels.max() == 9
+    x = ddpm_time.to_model_range(images)
+    assert x.shape == (512, 1, 28, 28) and x.min() == -1 and x.max() == 1  # the fake digits span 0..255
+    assert torch.allclose(ddpm_time.to_unit_range(x), images.unsqueeze(1).float() / 255, atol=1e-6)
+    assert ddpm_time.to_unit_range(torch.tensor([-3.0, 3.0])).tolist() == [0, 1]  # clamped
+
+
+# --- resume -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("script", ["ddpm_time.py", "ddpm_class.py"])
+def test_killed_run_resumes_to_the_same_weights(script, tiny_mnist, tmp_path):
+    """Kill a run with SIGKILL as soon as its first checkpoint is on disk, resume it, and compare
+    with an uninterrupted run: model, EMA and optimizer must be bit-identical."""
+    args = ["--data-dir", tiny_mnist, "--epochs", "4", "--T", "20", "--channels", "8", "8", "8", "--device", "cpu"]
+    run_script(script, *args, "--out-dir", tmp_path / "full")
+    cmd = [sys.executable, os.path.join(HERE, script), *map(str, args), "--out-dir", str(tmp_path / "killed")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "ckpt.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["epoch"]
+    assert killed_at < 4
+    run_script(script, *args, "--out-dir", tmp_path / "killed", "--resume")
+    a, b = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("full", "killed"))
+    assert a["epoch"] == b["epoch"] == 4 and torch.equal(a["loss_history"], b["loss_history"])
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    for sa, sb in zip(a["opt"]["state"].values(), b["opt"]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+# --- shared blocks ------------------------------------------------------------------------------
+def shared_blocks(path):
+    """{name: text} of the `# --- shared: name ---` blocks of a file, each up to the next `# ---`."""
+    blocks, name = {}, None
+    for line in open(path).read().splitlines():
+        if line.startswith("# ---"):
+            m = re.match(r"# --- shared: (.+?) ---", line)
+            name = m.group(1) if m else None
+            if name:
+                assert name not in blocks, f"{path}: block {name!r} twice"
+                blocks[name] = []
+        if name:
+            blocks[name].append(line)
+    return {k: "\n".join(v).rstrip() for k, v in blocks.items()}
+
+
+def test_shared_blocks_are_identical_in_every_file():
+    blocks = {f: shared_blocks(os.path.join(HERE, f)) for f in SCRIPTS}
+    core = {"errors, device and seed", "data", "schedule", "model blocks", "samplers", "checkpoints", "plots"}
+    assert core <= set(blocks["ddpm_time.py"]) and core <= set(blocks["ddpm_class.py"])
+    for name in {n for b in blocks.values() for n in b}:
+        copies = {f: b[name] for f, b in blocks.items() if name in b}
+        reference = copies.get("ddpm_time.py", next(iter(copies.values())))
+        for f, text in copies.items():
+            assert text == reference, f"shared block {name!r} differs in {f}: fix it in every file"
+
+
+# --- real data ---------------------------------------------------------------------------------
+@pytest.mark.realdata
+@pytest.mark.skipif(not os.path.isdir(REAL_MNIST), reason="no real MNIST at ../shared/mnist")
+def test_real_mnist_loss_goes_down(tmp_path):
+    """200 steps on real MNIST bring the eps-prediction loss from ~1 to below 0.08."""
+    run_script("ddpm_time.py", "--data-dir", REAL_MNIST, "--out-dir", tmp_path, "--epochs", "1",
+               "--limit", "25600", "--T", "300", "--device", "cpu", timeout=1200)
+    losses = torch.load(tmp_path / "ckpt.pt", weights_only=True)["loss_history"]
+    assert len(losses) == 200 and losses[:5].mean() > 0.5
+    assert losses[-50:].mean() < 0.08, f"loss after 200 steps: {losses[-50:].mean():.4f}"

@@ -1,0 +1,139 @@
+"""Smoke tests: each script runs a few steps on the CPU, on tiny IDX files written by the test,
+through its real loading code, and writes valid outputs. Also: clear errors on bad input.
+
+    pytest -q                      # all fast tests (offline)
+"""
+import os
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_mnist_dir, run_script
+
+TINY = ["--T", "20", "--channels", "8", "8", "8", "--device", "cpu"]  # a model that trains in a second
+DDPM_SCRIPTS = ["ddpm_time.py", "ddpm_class.py"]
+
+
+def assert_png(path):
+    assert os.path.isfile(path), f"missing {path}"
+    with Image.open(path) as im:
+        im.verify()  # raises on a truncated or non-PNG file
+    with Image.open(path) as im:
+        assert im.format == "PNG" and min(im.size) > 50
+
+
+@pytest.fixture(scope="module", params=DDPM_SCRIPTS)
+def trained_run(request, tiny_mnist, tmp_path_factory):
+    """One 2-epoch run of each DDPM script; several tests read its outputs."""
+    script = request.param
+    out = str(tmp_path_factory.mktemp(script[:-3]))
+    extra = ["--digits", "3", "7"] if script == "ddpm_class.py" else []
+    r = run_script(script, "--data-dir", tiny_mnist, "--out-dir", out, "--epochs", "2",
+                   "--n-samples", "12", *TINY, *extra)
+    return script, out, r.stdout
+
+
+def test_ddpm_outputs_exist_and_are_valid(trained_run):
+    script, out, stdout = trained_run
+    pngs = ["samples.png", "samples_epoch001.png", "loss.png", "strip.png"]
+    pngs += ["guidance.png"] if script == "ddpm_class.py" else []
+    for name in pngs:
+        assert_png(os.path.join(out, name))
+    assert not os.path.exists(os.path.join(out, "samples_epoch002.png"))  # only epochs 1, 5, 10, 15, 20
+    for key in ("img/s", "s/epoch", "parameters", "samples.pt"):
+        assert key in stdout
+
+
+def test_ddpm_checkpoint_loads(trained_run):
+    script, out, _ = trained_run
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert ckpt["script"] == script[:-3] and ckpt["epoch"] == 2
+    assert ckpt["config"]["T"] == 20 and len(ckpt["loss_history"]) == 2 * 4  # 512 digits / 128 = 4 steps
+    assert set(ckpt["model"]) == set(ckpt["ema"])
+    assert not any(torch.equal(ckpt["model"][k], ckpt["ema"][k]) for k in ckpt["model"] if "weight" in k), \
+        "EMA weights should lag the trained weights"
+    assert not os.path.exists(os.path.join(out, "ckpt.pt.tmp"))
+
+
+def test_ddpm_samples_in_range(trained_run):
+    script, out, _ = trained_run
+    s = torch.load(os.path.join(out, "samples.pt"), weights_only=True)
+    assert s["x"].shape == (12, 1, 28, 28) and s["x"].dtype == torch.float32
+    assert s["x"].min() >= 0 and s["x"].max() <= 1
+    assert s["x"].std() > 0.05, "samples are constant"
+    if script == "ddpm_class.py":
+        assert s["y"].tolist() == [3, 7] * 6
+    else:
+        assert s["y"] is None
+
+
+def test_ddpm_trajectory_and_snapshots(trained_run):
+    script, out, _ = trained_run
+    tr = torch.load(os.path.join(out, "trajectory.pt"), weights_only=True)
+    n = 16 if script == "ddpm_class.py" else 64  # 8 per digit (3 and 7), or an 8x8 grid
+    assert tr["frames"].shape == (21, n, 1, 28, 28) and tr["frames"].dtype == torch.uint8
+    assert tr["t"].tolist() == list(range(20, -1, -1))  # t = T .. 0, one frame per step
+    final = torch.load(os.path.join(out, "samples.pt"), weights_only=True)
+    assert tr["frames"][0].float().std() > 20, "the first frame should be noise"
+    snaps = torch.load(os.path.join(out, "snapshots.pt"), weights_only=True)
+    assert list(snaps["grids"]) == [1] and snaps["grids"][1].shape == (n, 1, 28, 28)
+    assert final["x"].shape[0] == 12
+
+
+@pytest.mark.parametrize("script", DDPM_SCRIPTS)
+def test_sample_only_after_training(script, trained_run, tmp_path):
+    if trained_run[0] != script:
+        pytest.skip("covered by the other parameter")
+    _, out, _ = trained_run
+    run_dir = shutil.copytree(out, tmp_path / "run")
+    r = run_script(script, "--out-dir", run_dir, "--sample-only", "--sampler", "ddim", "--steps", "5",
+                   "--n-samples", "7", *TINY, *(["--digits", "9"] if script == "ddpm_class.py" else []))
+    s = torch.load(os.path.join(run_dir, "samples.pt"), weights_only=True)
+    assert s["x"].shape == (7, 1, 28, 28) and "DDIM 5 steps" in r.stdout
+    if script == "ddpm_class.py":
+        assert s["y"].tolist() == [9] * 7
+
+
+@pytest.mark.parametrize("script", DDPM_SCRIPTS)
+def test_kaggle_layout_loads(script, tmp_path):
+    """The Kaggle download: dotted names inside archive/ are found and read."""
+    make_mnist_dir(str(tmp_path / "kaggle" / "archive"), n_train=256, dotted=True)
+    r = run_script(script, "--data-dir", tmp_path / "kaggle", "--out-dir", tmp_path / "out", "--epochs", "1", *TINY)
+    assert "training on 256 digits" in r.stdout
+
+
+def one_line_error(r):
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("script", DDPM_SCRIPTS)
+def test_no_data_offline_is_a_clear_error(script, tmp_path):
+    r = run_script(script, "--data-dir", tmp_path / "empty", "--out-dir", tmp_path / "out", *TINY, check=False)
+    assert "put the four idx files" in one_line_error(r).lower()
+
+
+def test_bad_checkpoints_are_clear_errors(trained_run, tmp_path):
+    script, out, _ = trained_run
+    other = "ddpm_class.py" if script == "ddpm_time.py" else "ddpm_time.py"
+    run_dir = shutil.copytree(out, tmp_path / "run")
+    # a finished run is not overwritten by accident
+    assert "--resume" in one_line_error(run_script(script, "--out-dir", run_dir, *TINY, check=False))
+    # a checkpoint of another script, or of another config
+    assert script[:-3] in one_line_error(run_script(other, "--out-dir", run_dir, "--resume", *TINY, check=False))
+    msg = one_line_error(run_script(script, "--out-dir", run_dir, "--resume", *TINY[:-2], "--T", "30", check=False))
+    assert "--T 20" in msg
+    # a corrupt one (a truncated file)
+    path = os.path.join(run_dir, "ckpt.pt")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    assert "not a readable checkpoint" in one_line_error(run_script(script, "--out-dir", run_dir, "--resume", *TINY, check=False))
+
+
+@pytest.mark.parametrize("args", [["--epochs", "-1"], ["--channels", "12", "8", "8"], ["--T", "1"], ["--schedule", "x"]])
+def test_bad_flags_are_clear_errors(args, tmp_path):
+    r = run_script("ddpm_time.py", "--out-dir", tmp_path, *args, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "error:" in r.stderr
