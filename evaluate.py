@@ -1,0 +1,434 @@
+r"""Numbers for generated MNIST digits: accuracy, mode collapse, confidence, FID and KID.
+
+Scores the samples.pt files that ddpm_time.py and ddpm_class.py write (one row per file) next to
+a floor row of real training digits, in the eyes of a small CNN classifier trained here once.
+
+    python evaluate.py runs/ddpm_class/samples.pt                    # table; first run trains the classifier
+    python evaluate.py runs/ddpm_time/samples.pt runs/ddpm_class/samples.pt --data-dir ../shared/mnist
+    python evaluate.py runs/ddpm_class/samples.pt --json             # one JSON object on stdout, for scripts
+    python evaluate.py a.pt --n-real 5000 --classifier /tmp/clf.pt   # floor of 5000 digits, cache elsewhere
+
+The classifier: (conv3x3 -> BatchNorm -> ReLU -> max-pool) twice (28 -> 14 -> 7), a 128-d feature
+layer, 10 logits. The first run trains it with Adam and a one-cycle LR on random +-2 px shifts of
+the training digits: 4 epochs, about 3 minutes on one CPU core, 99.4 % test accuracy (a warning
+below 99 %). Weights, test accuracy and an arch tag go to DATA_DIR/mnist_classifier.pt (or
+--classifier PATH) and later runs load them. A cache that does not load or has another arch tag is
+an error, not silently retrained: every score you compare depends on it, so replacing it is your
+decision (delete the file). The test accuracy is measured again and printed on every run.
+
+Metrics, each on all N samples of a file:
+    acc       fraction classified as the requested label y (only if the file has y); also per digit
+    KL        KL(p || uniform) = sum_k p_k log(10 p_k) in nats, p the histogram of predicted digits:
+              0 when all ten digits are equally common, log 10 = 2.30 when every sample is one
+              digit. Mode collapse shows up here (the histogram is printed below the table).
+    conf>0.9  fraction whose top softmax probability is above 0.9; low means ambiguous scribbles
+              (high does not mean digit-like: a classifier can be sure about noise; FID is not fooled)
+    FID       Frechet distance between Gaussians fitted to the 128-d features of the samples and of
+              the 10,000 test digits: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)). Lower is
+              better; biased upwards at small N, so compare rows of the same N only.
+    KID       MMD^2 between the same features with the kernel k(a, b) = (a.b / 128 + 1)^3, the
+              unbiased estimate (i != j terms only), on 10 random subsets of min(1000, N) samples
+              and as many test digits; mean +- std over the subsets, shown x 1000. Unbiased, so
+              about 0 for real digits at any N (slightly negative happens).
+    real (train, N)   the same metrics for N random training digits (N of the first file, at most
+              10,000, or --n-real): what a perfect generator would score. Read every number next
+              to this floor: FID 2.0 is excellent if the floor is 1.5, poor if the floor is 0.1.
+Pixels: samples.pt holds {"x": (N, 1, 28, 28) float in [0, 1], "y": (N,) int64 in 0..9 or None}.
+    The classifier sees [0, 1] as well: MNIST uint8 p becomes p / 255 (uint8_to_unit). The DDPM
+    models' [-1, 1] is not used here (to_model_range comes with the shared data block).
+Bad input (missing file, not a samples dict, wrong shape or range, bad labels, no MNIST data):
+    one line on stderr and exit code 2.
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision.datasets.mnist import read_image_file, read_label_file
+from tqdm import tqdm
+
+ARCH = "evaluate.py cnn32-64-128 v1"  # stored in the cache; change it whenever Classifier changes
+MAX_REAL = 10_000                      # the floor row uses at most this many training digits
+KID_SUBSETS, KID_SIZE = 10, 1000       # KID: mean over 10 subsets of min(1000, N) features
+CONF = 0.9                             # "confident": top softmax probability above this
+RANGE_TOL = 1e-3                       # pixels may stray this far outside [0, 1] (float rounding)
+
+
+# --- Config ------------------------------------------------------------------------------------
+def get_args(argv=None):
+    ap = argparse.ArgumentParser(description="Score samples.pt files of generated MNIST digits")
+    ap.add_argument("files", nargs="+", help="samples.pt files: {'x': (N,1,28,28) in [0,1], 'y': (N,) or None}")
+    ap.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
+    ap.add_argument("--n-real", type=int, default=0,
+                    help=f"training digits in the floor row (0: N of the first file, at most {MAX_REAL})")
+    ap.add_argument("--classifier", default="", help="classifier cache (default: DATA_DIR/mnist_classifier.pt)")
+    ap.add_argument("--clf-epochs", type=int, default=4, help="epochs, when the classifier is trained")
+    ap.add_argument("--clf-limit", type=int, default=0, help="train the classifier on the first N digits (0: all)")
+    ap.add_argument("--seed", type=int, default=0, help="same seed, same numbers (training, floor digits, KID)")
+    ap.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or e.g. cpu")
+    args = ap.parse_args(argv)
+    if min(args.n_real, args.clf_limit) < 0 or args.clf_epochs < 1:
+        ap.error("--n-real and --clf-limit must be >= 0 and --clf-epochs >= 1")
+    return args
+
+
+# --- shared: errors, device and seed ---
+def die(msg, code=2):
+    """A user error: one clear line on stderr, no traceback."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def pick_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        die(f"unknown --device {name!r} (use auto, cpu, cuda, cuda:1 or mps)")
+
+
+# --- shared: data ---
+IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def find_idx_files(data_dir, train):
+    """Paths of the raw IDX image and label files, or None. Accepts torchvision's layout
+    (DIR/MNIST/raw/train-images-idx3-ubyte), a plain folder of the four files, and the Kaggle
+    download (dotted names such as train-images.idx3-ubyte, often inside archive/)."""
+    for folder in ("", "MNIST/raw", "raw", "archive"):
+        for dotted in (False, True):
+            paths = []
+            for name in IDX_NAMES[train]:
+                name = name.replace("-idx", ".idx") if dotted else name
+                path = os.path.join(data_dir, folder, name)
+                if os.path.isdir(path):  # Kaggle also ships a folder of the same name around the file
+                    path = os.path.join(path, name)
+                paths.append(path)
+            if all(os.path.isfile(p) for p in paths):
+                return paths
+    return None
+
+
+def load_mnist(data_dir, train=True):
+    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read by torchvision's IDX readers."""
+    paths = find_idx_files(data_dir, train)
+    if paths is None:  # not on disk: download the way torchvision users expect
+        try:
+            torchvision.datasets.MNIST(data_dir, train=train, download=True)
+        except Exception as e:  # offline, no permission, ...: say where the files go instead
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
+                f"Put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, or the Kaggle .idx names) "
+                f"in {data_dir!r} or pass --data-dir")
+        paths = find_idx_files(data_dir, train)
+    try:
+        images, labels = read_image_file(paths[0]), read_label_file(paths[1])
+    except Exception as e:
+        die(f"cannot read MNIST IDX files {paths}: {e}")
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
+    return images, labels
+
+
+def to_model_range(images_uint8):
+    """uint8 0..255 (N, 28, 28) -> float in [-1, 1] (N, 1, 28, 28), the range the model sees."""
+    return images_uint8.unsqueeze(1).float().div(127.5).sub(1)
+
+
+def to_unit_range(x):
+    """Model range [-1, 1] -> [0, 1] for saving and plotting (clamped: samples can overshoot)."""
+    return x.add(1).div(2).clamp(0, 1)
+
+
+# --- Inputs: MNIST pixels and samples files ----------------------------------------------------
+def uint8_to_unit(images_uint8):
+    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the classifier sees."""
+    return images_uint8.unsqueeze(1).float().div(255)
+
+
+def describe(v):
+    return f"{v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+
+
+def load_samples(path):
+    """Read and check one samples.pt; return x (N, 1, 28, 28) float in [0, 1] and y (N,) int64 or None."""
+    if not os.path.isfile(path):
+        die(f"{path}: no such file")
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        die(f"{path} is not a file written by torch.save ({type(e).__name__}); expected a samples.pt")
+    if not isinstance(d, dict) or not isinstance(d.get("x"), torch.Tensor):
+        die(f"{path} is not a samples file: expected {{'x': tensor, 'y': tensor or None}} as the DDPM "
+            f"scripts write with --n-samples, got {describe(d)}" + (f" with keys {list(d)}" if isinstance(d, dict) else ""))
+    x, y = d["x"], d.get("y")
+    if x.dim() != 4 or x.shape[1:] != (1, 28, 28) or len(x) < 2:
+        die(f"{path}: x is a {describe(x)}, expected (N, 1, 28, 28) with N >= 2")
+    if not x.is_floating_point():
+        die(f"{path}: x is a {describe(x)}, expected floats in [0, 1] (from uint8, save x.float() / 255)")
+    x = x.float()
+    lo, hi = x.min().item(), x.max().item()  # NaN fails both comparisons below, so test it apart
+    if not x.isfinite().all() or lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
+        hint = " (looks like [-1, 1]: save (x + 1) / 2)" if lo < -0.5 else " (0..255? save x / 255)" if hi > 2 else ""
+        die(f"{path}: x ranges over [{lo:.3g}, {hi:.3g}], expected [0, 1]{hint}")
+    if y is not None:
+        if not isinstance(y, torch.Tensor) or y.shape != (len(x),) or y.is_floating_point() or y.dtype == torch.bool:
+            die(f"{path}: y is a {describe(y)}, expected None or an integer tensor of shape ({len(x)},)")
+        if y.min() < 0 or y.max() > 9:
+            die(f"{path}: y holds labels {y.min().item()}..{y.max().item()}, expected digits 0..9")
+        y = y.long()
+    return x.clamp(0, 1), y
+
+
+# --- Classifier ---------------------------------------------------------------------------------
+def conv_block(c_in, c_out):
+    """conv3x3 -> BatchNorm -> ReLU -> 2x2 max-pool: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
+
+
+class Classifier(nn.Module):
+    """Small CNN; its 128-d penultimate layer is the feature space of FID and KID."""
+
+    def __init__(self, feat_dim=128):
+        super().__init__()
+        self.features = nn.Sequential(conv_block(1, 32), conv_block(32, 64), nn.Flatten(),  # (B, 64 * 7 * 7)
+                                      nn.Linear(64 * 7 * 7, feat_dim), nn.BatchNorm1d(feat_dim), nn.ReLU())
+        self.head = nn.Linear(feat_dim, 10)
+
+    def forward(self, x):               # x (B, 1, 28, 28) in [0, 1]
+        f = self.features(x)            # (B, 128)
+        return self.head(f), f          # logits (B, 10), features (B, 128)
+
+
+def random_shift(x, max_shift=2):
+    """Move each image by its own random (dy, dx) in [-2, 2]^2 px, filling with black: digits
+    in samples are not always centred the way MNIST's are."""
+    B, _, H, W = x.shape
+    xp = F.pad(x, [max_shift] * 4)                                     # (B, 1, H + 4, W + 4)
+    off = torch.randint(0, 2 * max_shift + 1, (2, B, 1), device=x.device)
+    rows, cols = off[0] + torch.arange(H, device=x.device), off[1] + torch.arange(W, device=x.device)
+    b = torch.arange(B, device=x.device)[:, None, None]
+    return xp[b, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)  # (B, 1, H, W)
+
+
+def train_classifier(x_train, y_train, epochs, device, batch_size=128):
+    """Adam with a one-cycle LR (warm up, then anneal to ~0): 99 % in a few epochs.
+    Whole set on the device, batches from torch.randperm; no DataLoader."""
+    model = Classifier().to(device, memory_format=torch.channels_last).train()  # channels_last: 1.5x on CPU
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    n_batches = max(1, len(x_train) // batch_size)  # tensor_split: no batch of 1, which BatchNorm rejects
+    opt = torch.optim.Adam(model.parameters())
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * n_batches)
+    for epoch in range(1, epochs + 1):
+        bar = tqdm(torch.randperm(len(x_train), device=device).tensor_split(n_batches),
+                   desc=f"classifier epoch {epoch}/{epochs}", unit="batch")
+        for step, idx in enumerate(bar):
+            loss = F.cross_entropy(model(random_shift(x_train[idx]))[0], y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 50 == 0:  # a host sync every 50 steps only
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    return model.eval()
+
+
+@torch.no_grad()
+def classify(model, x01, device, batch_size=1000):
+    """Logits (N, 10) and float64 features (N, 128) on the CPU; eval mode (BatchNorm running stats)."""
+    logits, feats = zip(*(model(x.to(device)) for x in x01.split(batch_size)))
+    return torch.cat(logits).cpu(), torch.cat(feats).cpu().double()
+
+
+def save_atomic(obj, path):
+    """Write a temp file, then rename over `path`: a killed run never leaves half a cache."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_classifier(path):
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+        arch = cache["arch"]
+    except Exception as e:
+        die(f"{path} is not a readable classifier cache ({type(e).__name__}); delete it to retrain, "
+            f"or pass another --classifier")
+    if arch != ARCH:
+        die(f"{path} holds a {arch!r} classifier, this evaluate.py needs {ARCH!r}; delete it to retrain "
+            f"(scores from the two are not comparable)")
+    model = Classifier()
+    try:
+        model.load_state_dict(cache["model"])
+    except Exception as e:
+        die(f"{path}: the weights do not fit the classifier ({type(e).__name__}); delete it to retrain")
+    print(f"classifier: loaded {path} (trained {cache['epochs']} epochs on {cache['n_train']} digits, "
+          f"test accuracy then {cache['test_acc']:.2%})")
+    return model.eval()
+
+
+# --- Metrics ------------------------------------------------------------------------------------
+def class_metrics(logits, y):
+    """Histogram of predicted digits, its KL from uniform, confident fraction, accuracy vs y."""
+    prob = logits.double().softmax(1)
+    pred = prob.argmax(1)
+    hist = torch.bincount(pred, minlength=10).double() / len(pred)     # p_k, sums to 1
+    p = hist[hist > 0]                                                  # 0 log 0 = 0
+    m = {"kl": (p * (10 * p).log()).sum().item(), "hist": hist.tolist(),
+         "conf": (prob.max(1).values > CONF).double().mean().item(), "acc": None, "acc_per_digit": None}
+    if y is not None:
+        hit = (pred == y).double()
+        m["acc"] = hit.mean().item()
+        m["acc_per_digit"] = [hit[y == k].mean().item() if (y == k).any() else None for k in range(10)]
+    return m
+
+
+def gaussian_stats(f):
+    """Mean (d,) and covariance (d, d) of features f (N, d)."""
+    return f.mean(0), torch.cov(f.T)
+
+
+def sqrtm_psd(S):
+    """Square root of a symmetric PSD matrix: S = V diag(l) V^T -> V diag(sqrt(l)) V^T."""
+    l, V = torch.linalg.eigh(S)
+    return (V * l.clamp(min=0).sqrt()) @ V.T  # clamp: rounding makes zero eigenvalues -1e-17
+
+
+def frechet_distance(mu1, S1, mu2, S2):
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64. With R = S1^(1/2), R S2 R is
+    similar to S1 S2 (same eigenvalues) but symmetric PSD, so Tr (S1 S2)^(1/2) = sum sqrt(eig(R S2 R))."""
+    mu1, S1, mu2, S2 = (t.double() for t in (mu1, S1, mu2, S2))
+    R = sqrtm_psd(S1)
+    M = R @ S2 @ R
+    tr_sqrt = torch.linalg.eigvalsh((M + M.T) / 2).clamp(min=0).sqrt().sum()
+    return ((mu1 - mu2).square().sum() + S1.trace() + S2.trace() - 2 * tr_sqrt).item()
+
+
+def kid(f1, f2, seed, n_subsets=KID_SUBSETS, size=KID_SIZE):
+    """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, mean and std over random subsets of m each."""
+    g = torch.Generator().manual_seed(seed)
+    m, d = min(size, len(f1), len(f2)), f1.shape[1]
+    kernel = lambda a, b: (a @ b.T / d + 1) ** 3                       # noqa: E731  (m, m)
+    off_diag_mean = lambda K: (K.sum() - K.diagonal().sum()) / (m * (m - 1))  # noqa: E731  i != j only
+    mmd2 = []
+    for _ in range(n_subsets):
+        a, b = f1[torch.randperm(len(f1), generator=g)[:m]], f2[torch.randperm(len(f2), generator=g)[:m]]
+        mmd2.append(off_diag_mean(kernel(a, a)) + off_diag_mean(kernel(b, b)) - 2 * kernel(a, b).mean())
+    mmd2 = torch.stack(mmd2)
+    return mmd2.mean().item(), mmd2.std().item()
+
+
+def score(model, x01, y, ref, device, seed):
+    """All metrics of one set of digits x01 (N, 1, 28, 28) in [0, 1] against the test-set features."""
+    logits, feats = classify(model, x01, device)
+    m = {"n": len(x01), **class_metrics(logits, y)}
+    m["fid"] = frechet_distance(*gaussian_stats(feats), ref["mu"], ref["cov"])
+    m["kid"], m["kid_std"] = kid(feats, ref["feats"], seed)
+    return m
+
+
+# --- Output -------------------------------------------------------------------------------------
+def print_table(rows):
+    """One line per row (the files, then the real floor), then per-digit accuracy and histograms."""
+    w = max(len(name) for name in rows)
+    print(f"{'':<{w}}  {'N':>6}  {'acc':>7}  {'KL':>6}  {'conf>0.9':>8}  {'FID':>8}  {'KID x 1000':>18}")
+    for name, m in rows.items():
+        acc = "-" if m["acc"] is None else f"{m['acc']:.2%}"
+        kid_str = f"{1000 * m['kid']:.1f} +- {1000 * m['kid_std']:.1f}"
+        print(f"{name:<{w}}  {m['n']:>6}  {acc:>7}  {m['kl']:>6.3f}  {m['conf']:>8.1%}  {m['fid']:>8.3f}  {kid_str:>18}")
+    digits = "".join(f"{k:>6}" for k in range(10))
+    if any(m["acc_per_digit"] for m in rows.values()):
+        print(f"\naccuracy per requested digit (%)\n{'':<{w}}{digits}")
+        for name, m in rows.items():
+            if m["acc_per_digit"]:
+                print(f"{name:<{w}}" + "".join("     -" if a is None else f"{100 * a:>6.1f}" for a in m["acc_per_digit"]))
+    print(f"\npredicted digits (% of samples; uniform is 10.0 each)\n{'':<{w}}{digits}")
+    for name, m in rows.items():
+        print(f"{name:<{w}}" + "".join(f"{100 * p:>6.1f}" for p in m["hist"]))
+
+
+# --- main ---------------------------------------------------------------------------------------
+def get_classifier(path, args, x_train, y_train, device):
+    """The cached classifier, or a new one trained now; returns it and the digits it was trained on
+    (None when loaded: nothing to cache)."""
+    if os.path.exists(path):
+        return load_classifier(path).to(device), None
+    n = min(args.clf_limit or len(x_train), len(x_train))
+    print(f"classifier: no cache at {path}, training {args.clf_epochs} epochs on {n} digits on {device}")
+    t0 = time.time()
+    model = train_classifier(x_train[:n], y_train[:n], args.clf_epochs, device)
+    print(f"classifier: trained in {time.time() - t0:.0f} s")
+    return model, n
+
+
+def save_classifier(model, path, test_acc, n_train, args):
+    """Cache the weights with what they are: arch tag, test accuracy, training size and epochs."""
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        save_atomic({"arch": ARCH, "model": state, "test_acc": test_acc, "n_train": n_train,
+                     "epochs": args.clf_epochs, "seed": args.seed}, path)
+        print(f"classifier: cached in {path}")
+    except OSError as e:  # e.g. a read-only data folder: the scores are still right, just not cached
+        print(f"warning: cannot write {path} ({e.strerror}); pass --classifier PATH to cache it", file=sys.stderr)
+
+
+def evaluate(args):
+    """Check the files, get the classifier (trained and cached on first use), score; returns a dict."""
+    torch.manual_seed(args.seed)
+    device = pick_device(args.device)
+    samples = {path: load_samples(path) for path in args.files}  # bad files fail before any training
+    images, labels = load_mnist(args.data_dir, train=True)
+    x_train, y_train = uint8_to_unit(images), labels
+    images, labels = load_mnist(args.data_dir, train=False)
+    x_test, y_test = uint8_to_unit(images), labels
+
+    path = args.classifier or os.path.join(args.data_dir, "mnist_classifier.pt")
+    model, n_trained = get_classifier(path, args, x_train, y_train, device)
+    test_logits, test_feats = classify(model, x_test, device)  # the test set is also the FID/KID reference
+    test_acc = (test_logits.argmax(1) == y_test).double().mean().item()
+    print(f"classifier: test accuracy {test_acc:.2%} on {len(x_test)} test digits")
+    if test_acc < 0.99:
+        print(f"warning: classifier test accuracy {test_acc:.2%} is below 99 %; scores mean less", file=sys.stderr)
+    if n_trained:
+        save_classifier(model, path, test_acc, n_trained, args)
+
+    mu, cov = gaussian_stats(test_feats)
+    ref = {"feats": test_feats, "mu": mu, "cov": cov}
+    rows = {p: score(model, x, y, ref, device, args.seed) for p, (x, y) in samples.items()}
+    n_real = min(args.n_real or min(len(next(iter(samples.values()))[0]), MAX_REAL), len(x_train))
+    idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:n_real]
+    real = score(model, x_train[idx], y_train[idx], ref, device, args.seed)
+    return {"classifier": {"path": path, "trained_now": bool(n_trained), "test_acc": test_acc},
+            "n_ref": len(x_test), "files": rows, "real": real}
+
+
+def main(argv=None):
+    args = get_args(argv)
+    # with --json, stdout carries the JSON object only: progress and notes go to stderr
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        print(vars(args))
+        result = evaluate(args)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"\nFID and KID against the {result['n_ref']} test digits; lower is better, "
+              f"the real row is the floor.")
+        print_table({**result["files"], f"real (train, {result['real']['n']})": result["real"]})
+
+
+if __name__ == "__main__":
+    main()
