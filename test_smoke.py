@@ -96,12 +96,21 @@ def test_sample_only_after_training(script, trained_run, tmp_path):
         assert s["y"].tolist() == [9] * 7
 
 
-@pytest.mark.parametrize("script", DDPM_SCRIPTS)
-def test_kaggle_layout_loads(script, tmp_path):
-    """The Kaggle download: dotted names inside archive/ are found and read."""
-    make_mnist_dir(str(tmp_path / "kaggle" / "archive"), n_train=256, dotted=True)
-    r = run_script(script, "--data-dir", tmp_path / "kaggle", "--out-dir", tmp_path / "out", "--epochs", "1", *TINY)
-    assert "training on 256 digits" in r.stdout
+@pytest.mark.parametrize("layout", ["archive", "nested"])
+def test_kaggle_layout_loads(layout, tmp_path):
+    """The Kaggle download: dotted names inside archive/, or each file inside a folder of its own
+    name, are found and read (the data block is shared, so one script's copy stands for all)."""
+    import ddpm_time
+    if layout == "archive":
+        make_mnist_dir(str(tmp_path / "archive"), n_train=256, dotted=True)
+    else:
+        make_mnist_dir(str(tmp_path / "flat"), n_train=256, dotted=True)
+        for name in os.listdir(tmp_path / "flat"):
+            os.makedirs(tmp_path / name)
+            shutil.move(str(tmp_path / "flat" / name), str(tmp_path / name / name))
+    images, labels = ddpm_time.load_mnist(str(tmp_path), train=True)
+    assert images.shape == (256, 28, 28) and labels.shape == (256,)
+    assert ddpm_time.load_mnist(str(tmp_path), train=False)[0].shape == (256, 28, 28)
 
 
 def one_line_error(r):
@@ -137,3 +146,24 @@ def test_bad_checkpoints_are_clear_errors(trained_run, tmp_path):
 def test_bad_flags_are_clear_errors(args, tmp_path):
     r = run_script("ddpm_time.py", "--out-dir", tmp_path, *args, check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "error:" in r.stderr
+
+
+def test_make_gif_reads_ddpm_outputs(trained_run, tmp_path):
+    """make_gif.py turns what each DDPM script wrote into animated GIFs."""
+    _, out, _ = trained_run
+    run_script("make_gif.py", out, "--out", tmp_path / "reverse.gif")
+    run_script("make_gif.py", out, "--progress", "--out", tmp_path / "progress.gif")
+    with Image.open(tmp_path / "reverse.gif") as im:
+        assert im.is_animated and im.n_frames > 5
+    assert os.path.getsize(tmp_path / "progress.gif") > 1000
+
+
+def test_evaluate_scores_ddpm_samples(trained_run, tiny_mnist, tmp_path):
+    """evaluate.py reads the samples.pt each DDPM script wrote (labels or not) and scores it."""
+    import json
+    script, out, _ = trained_run
+    r = run_script("evaluate.py", os.path.join(out, "samples.pt"), "--data-dir", tiny_mnist, "--json",
+                   "--classifier", tmp_path / "clf.pt", "--clf-epochs", "1", "--device", "cpu")
+    row = next(v for k, v in json.loads(r.stdout)["files"].items() if k.endswith("samples.pt"))
+    assert row["n"] == 12 and row["fid"] >= 0
+    assert (row["acc"] is not None) == (script == "ddpm_class.py")
