@@ -24,8 +24,11 @@ Math (t is 1-indexed as in the paper, t in {1..T}; x_0 is data, x_T is noise; y 
               sigma_t^2 = beta_t,  z = 0 at the last step t = 1 (no noise is added to x_0)
 Conventions:
     training draws every t in {1..T}; sampling runs t = T, T-1, ..., 1 and returns x_0.
-    pixels: the data set is uint8 0..255; the model sees x in [-1, 1] (x = 2 p/255 - 1);
-    everything saved (PNG, samples.pt, trajectory.pt) is converted back to [0, 1] (or 0..255 uint8).
+    pixels: the data set is uint8 0..255; the model sees x = p / 255 in [0, 1] (as in CS180), and
+    everything saved is in [0, 1] (PNG, samples.pt) or 0..255 uint8 (trajectory.pt, snapshots.pt).
+    Why not [-1, 1]: at T = 300, sqrt(alpha_bar_T) = 0.22 of the digit is still in x_T. With [0, 1]
+    the background is 0, so pure noise matches x_T everywhere but on the strokes; with [-1, 1] every
+    background pixel would start off by 0.22 (we measured grey, blotchy samples that way).
 Writes to --out-dir (default runs/ddpm_class):
     ckpt.pt (model, EMA, optimizer, epoch, config, loss history, RNG; every epoch, atomically),
     samples_epoch001.png ... (epochs 1, 5, 10, 15, 20; a row per digit), samples.png, loss.png,
@@ -159,13 +162,13 @@ def load_mnist(data_dir, train=True):
 
 
 def to_model_range(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [-1, 1] (N, 1, 28, 28), the range the model sees."""
-    return images_uint8.unsqueeze(1).float().div(127.5).sub(1)
+    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
+    return images_uint8.unsqueeze(1).float().div(255)
 
 
 def to_unit_range(x):
-    """Model range [-1, 1] -> [0, 1] for saving and plotting (clamped: samples can overshoot)."""
-    return x.add(1).div(2).clamp(0, 1)
+    """Model output -> [0, 1] for saving and plotting: clamped, since samples can overshoot."""
+    return x.clamp(0, 1)
 
 
 # --- shared: schedule ---
@@ -297,7 +300,7 @@ def sample(eps_fn, x_T, sched, sampler="ddpm", steps=50, gen=None, keep_trajecto
             if t > 1:  # no noise at the last step: x_0 is the mean
                 x = x + sched["beta"][t].sqrt() * torch.randn(x.shape, generator=gen, device=x.device)
         else:  # predict x_0, then jump to t_prev along the same eps: x = sqrt(ab') x0 + sqrt(1 - ab') eps
-            x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+            x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(0, 1)  # the data range
             x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
         if keep_trajectory:
             frames.append(x.cpu())
@@ -367,7 +370,7 @@ def train_epoch(model, ema, opt, step0, x_all, y_all, sched, args, epoch):
     bar = tqdm(total=N, desc=f"epoch {epoch}/{args.epochs}", unit="img", unit_scale=True, leave=True)
     for i in range(0, N, B):
         idx = perm[i:i + B]
-        x0, y = x_all[idx], y_all[idx]                                      # (B, 1, 28, 28) in [-1, 1], (B,)
+        x0, y = x_all[idx], y_all[idx]                                      # (B, 1, 28, 28) in [0, 1], (B,)
         t = torch.randint(1, args.T + 1, (len(x0),), device=x0.device)     # t ~ U{1..T}
         eps = torch.randn_like(x0)
         drop = torch.rand(len(y), device=y.device) < args.p_uncond          # per sample, not per batch
@@ -446,16 +449,15 @@ def to_uint8(x):
     return (to_unit_range(x) * 255).round().to(torch.uint8)
 
 
-
 # --- Plots: guidance sweep ---------------------------------------------------------------------
-def plot_guidance(grids, path, digits, ncol):
+def plot_guidance(grids, path, row_labels, ncol):
     """One panel per guidance scale w: the same starting noise and digits in every panel."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(1.9 * len(grids), 0.45 * len(digits) + 0.6))
+    fig, axes = plt.subplots(1, len(grids), figsize=(1.9 * len(grids), 0.45 * len(row_labels) + 0.6))
     for ax, (w, x01) in zip(axes, grids.items()):
         ax.imshow(torchvision.utils.make_grid(x01, nrow=ncol, padding=2, pad_value=1.0)[0], cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"w = {w}", fontsize=9)
         ax.set_xticks([])
-        ax.set_yticks([30 * r + 15 for r in range(len(digits))], [str(d) for d in digits], fontsize=7)
+        ax.set_yticks([30 * r + 15 for r in range(len(row_labels))], row_labels, fontsize=7)
     fig.suptitle(f"{SCRIPT}: eps_u + w (eps_c - eps_u), EMA, DDIM 50 steps", fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -489,10 +491,11 @@ def main(argv=None):
     snap_path = os.path.join(args.out_dir, "snapshots.pt")
     if os.path.exists(snap_path) and start_epoch > 1:
         snapshots = torch.load(snap_path, weights_only=True)["grids"]
-    # the grid: one row of 8 per requested digit, and the same starting noise for every snapshot,
-    # drawn from its own generator so that sampling never touches the training RNG
-    y_grid = torch.tensor(args.digits, device=device).repeat_interleave(8)           # (8 * digits,)
-    rows = [str(d) for d in args.digits]
+    # the grid: rows of 8, a row per digit (8 rows of one digit, 4 each of two, ...), and the same
+    # starting noise for every snapshot, from its own generator so sampling never touches the training RNG
+    rows_per_digit = max(1, 8 // len(args.digits))
+    y_grid = torch.tensor(args.digits, device=device).repeat_interleave(8 * rows_per_digit)  # (8 * rows,)
+    rows = [str(d) for d in args.digits for _ in range(rows_per_digit)]                       # row labels
     x_T = torch.randn(len(y_grid), 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
     eps_grid = guided_eps_fn(ema, y_grid, args.guidance)
 
@@ -537,7 +540,7 @@ def main(argv=None):
     print(f"sample: {len(x0)} digits, {label}, in {sample_s:.1f} s")
     sweep = {w: to_unit_range(sample(guided_eps_fn(ema, y_grid[::2], w), x_T[::2], sched, "ddim", 50)).cpu()
              for w in GUIDANCE_SWEEP}  # 4 per digit, the same noise for each w
-    plot_guidance(sweep, os.path.join(args.out_dir, "guidance.png"), args.digits, 4)
+    plot_guidance(sweep, os.path.join(args.out_dir, "guidance.png"), rows, 4)
     if args.n_samples:  # the requested digits in turn: 0, 1, ..., 9, 0, 1, ...
         t0, xs = time.time(), []
         y = torch.tensor(args.digits, device=device).repeat(args.n_samples // len(args.digits) + 1)[:args.n_samples]

@@ -17,8 +17,11 @@ Math (t is 1-indexed as in the paper, t in {1..T}; x_0 is data, x_T is noise):
               sigma_t^2 = beta_t,  z = 0 at the last step t = 1 (no noise is added to x_0)
 Conventions:
     training draws every t in {1..T}; sampling runs t = T, T-1, ..., 1 and returns x_0.
-    pixels: the data set is uint8 0..255; the model sees x in [-1, 1] (x = 2 p/255 - 1);
-    everything saved (PNG, samples.pt, trajectory.pt) is converted back to [0, 1] (or 0..255 uint8).
+    pixels: the data set is uint8 0..255; the model sees x = p / 255 in [0, 1] (as in CS180), and
+    everything saved is in [0, 1] (PNG, samples.pt) or 0..255 uint8 (trajectory.pt, snapshots.pt).
+    Why not [-1, 1]: at T = 300, sqrt(alpha_bar_T) = 0.22 of the digit is still in x_T. With [0, 1]
+    the background is 0, so pure noise matches x_T everywhere but on the strokes; with [-1, 1] every
+    background pixel would start off by 0.22 (we measured grey, blotchy samples that way).
 Writes to --out-dir (default runs/ddpm_time):
     ckpt.pt (model, EMA, optimizer, epoch, config, loss history, RNG; every epoch, atomically),
     samples_epoch001.png ... (epochs 1, 5, 10, 15, 20), samples.png, loss.png, strip.png,
@@ -145,13 +148,13 @@ def load_mnist(data_dir, train=True):
 
 
 def to_model_range(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [-1, 1] (N, 1, 28, 28), the range the model sees."""
-    return images_uint8.unsqueeze(1).float().div(127.5).sub(1)
+    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
+    return images_uint8.unsqueeze(1).float().div(255)
 
 
 def to_unit_range(x):
-    """Model range [-1, 1] -> [0, 1] for saving and plotting (clamped: samples can overshoot)."""
-    return x.add(1).div(2).clamp(0, 1)
+    """Model output -> [0, 1] for saving and plotting: clamped, since samples can overshoot."""
+    return x.clamp(0, 1)
 
 
 # --- shared: schedule ---
@@ -270,7 +273,7 @@ def sample(eps_fn, x_T, sched, sampler="ddpm", steps=50, gen=None, keep_trajecto
             if t > 1:  # no noise at the last step: x_0 is the mean
                 x = x + sched["beta"][t].sqrt() * torch.randn(x.shape, generator=gen, device=x.device)
         else:  # predict x_0, then jump to t_prev along the same eps: x = sqrt(ab') x0 + sqrt(1 - ab') eps
-            x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+            x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(0, 1)  # the data range
             x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
         if keep_trajectory:
             frames.append(x.cpu())
@@ -339,7 +342,7 @@ def train_epoch(model, ema, opt, step0, x_all, sched, args, epoch):
     losses = []
     bar = tqdm(total=N, desc=f"epoch {epoch}/{args.epochs}", unit="img", unit_scale=True, leave=True)
     for i in range(0, N, B):
-        x0 = x_all[perm[i:i + B]]                                           # (B, 1, 28, 28) in [-1, 1]
+        x0 = x_all[perm[i:i + B]]                                           # (B, 1, 28, 28) in [0, 1]
         t = torch.randint(1, args.T + 1, (len(x0),), device=x0.device)     # t ~ U{1..T}
         eps = torch.randn_like(x0)
         loss = F.mse_loss(model(q_sample(x0, t, eps, sched), t), eps)

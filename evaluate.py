@@ -34,8 +34,8 @@ Metrics, each on all N samples of a file:
               10,000, or --n-real): what a perfect generator would score. Read every number next
               to this floor: FID 2.0 is excellent if the floor is 1.5, poor if the floor is 0.1.
 Pixels: samples.pt holds {"x": (N, 1, 28, 28) float in [0, 1], "y": (N,) int64 in 0..9 or None}.
-    The classifier sees [0, 1] as well: MNIST uint8 p becomes p / 255 (uint8_to_unit). The DDPM
-    models' [-1, 1] is not used here (to_model_range comes with the shared data block).
+    The classifier sees [0, 1] as well, like the DDPM models: MNIST uint8 p becomes p / 255
+    (to_model_range, from the shared data block).
 Bad input (missing file, not a samples dict, wrong shape or range, bad labels, no MNIST data):
     one line on stderr and exit code 2.
 """
@@ -144,21 +144,16 @@ def load_mnist(data_dir, train=True):
 
 
 def to_model_range(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [-1, 1] (N, 1, 28, 28), the range the model sees."""
-    return images_uint8.unsqueeze(1).float().div(127.5).sub(1)
-
-
-def to_unit_range(x):
-    """Model range [-1, 1] -> [0, 1] for saving and plotting (clamped: samples can overshoot)."""
-    return x.add(1).div(2).clamp(0, 1)
-
-
-# --- Inputs: MNIST pixels and samples files ----------------------------------------------------
-def uint8_to_unit(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the classifier sees."""
+    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
     return images_uint8.unsqueeze(1).float().div(255)
 
 
+def to_unit_range(x):
+    """Model output -> [0, 1] for saving and plotting: clamped, since samples can overshoot."""
+    return x.clamp(0, 1)
+
+
+# --- Inputs: MNIST pixels and samples files ----------------------------------------------------
 def describe(v):
     return f"{v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
 
@@ -392,9 +387,9 @@ def evaluate(args):
     device = pick_device(args.device)
     samples = {path: load_samples(path) for path in args.files}  # bad files fail before any training
     images, labels = load_mnist(args.data_dir, train=True)
-    x_train, y_train = uint8_to_unit(images), labels
+    x_train, y_train = to_model_range(images), labels
     images, labels = load_mnist(args.data_dir, train=False)
-    x_test, y_test = uint8_to_unit(images), labels
+    x_test, y_test = to_model_range(images), labels
 
     path = args.classifier or os.path.join(args.data_dir, "mnist_classifier.pt")
     model, n_trained = get_classifier(path, args, x_train, y_train, device)
