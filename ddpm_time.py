@@ -164,11 +164,13 @@ def make_schedule(T, kind, device):
     t = torch.arange(T + 1, dtype=torch.float64)
     if kind == "linear":  # Ho et al.: beta_1 = 1e-4 .. beta_T = 0.02, evenly spaced
         beta = torch.cat([torch.zeros(1, dtype=torch.float64), torch.linspace(1e-4, 0.02, T, dtype=torch.float64)])
-    else:  # Nichol & Dhariwal: alpha_bar_t = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi/2)
+    elif kind == "cosine":  # Nichol & Dhariwal: alpha_bar_t = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi/2)
         s = 0.008
         f = torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
         beta = (1 - f[1:] / f[:-1]).clamp(max=0.999)  # clipped so the last step is not singular
         beta = torch.cat([torch.zeros(1, dtype=torch.float64), beta])
+    else:  # a new schedule is one more branch here (and a name in --schedule's choices)
+        raise ValueError(f"unknown schedule {kind!r}")
     alpha = 1 - beta
     alpha_bar = torch.cumprod(alpha, 0)
     return {k: v.float().to(device) for k, v in dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar).items()}
@@ -374,7 +376,7 @@ def save_grid(x01, path, nrow, title, row_labels=None):
     grid = torchvision.utils.make_grid(x01.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)[0]
     rows = math.ceil(len(x01) / nrow)
     fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [])
@@ -404,7 +406,7 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
     fig, axes = plt.subplots(rows, n_cols, figsize=(0.7 * n_cols, 0.7 * rows + 0.4), squeeze=False)
     for r in range(rows):
         for c, i in enumerate(cols.tolist()):
-            axes[r, c].imshow(to_unit_range(frames[i, r, 0]), cmap="gray", vmin=0, vmax=1)
+            axes[r, c].imshow(to_unit_range(frames[i, r, 0]).numpy(), cmap="gray", vmin=0, vmax=1)
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
             if r == 0:
                 axes[r, c].set_title(f"t={ts[i].item()}", fontsize=7)

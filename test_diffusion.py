@@ -74,15 +74,16 @@ def oracle_eps(points, sched):
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_sampler_with_exact_eps_recovers_the_data(sampler, steps, landed, kind):
     """With the exact eps of a two-point data set {0, 1}, samples land on the points, half on each
-    (7 DDIM steps are coarse: many end between, at E[x_0 | x_43]). An off-by-one t, a wrong alpha_bar index or a wrong
-    noise scale breaks this."""
+    (7 DDIM steps are coarse: many end between, at E[x_0 | x_43]). An off-by-one t, a wrong
+    alpha_bar index or a wrong noise scale breaks this."""
     sched = ddpm_time.make_schedule(300, kind, "cpu")
     points = torch.tensor([[0.0], [1.0]], dtype=torch.float64)  # black and white, the data range
     gen = torch.Generator().manual_seed(0)
     # start from the true q(x_T), not N(0, I): at T = 300 (linear) 22 % of x_0 is left in x_T, and
     # pure noise would tilt the split toward 0. Here only the sampler is under test.
     ab_T = sched["alpha_bar"][-1]
-    x_T = ab_T.sqrt() * (torch.rand(4000, 1, 1, 1, generator=gen) < 0.5) + (1 - ab_T).sqrt() * torch.randn(4000, 1, 1, 1, generator=gen)
+    x0_true = (torch.rand(4000, 1, 1, 1, generator=gen) < 0.5).float()
+    x_T = ab_T.sqrt() * x0_true + (1 - ab_T).sqrt() * torch.randn(4000, 1, 1, 1, generator=gen)
     x0 = ddpm_time.sample(oracle_eps(points, sched), x_T, sched, sampler, steps, gen)
     on_points = (((x0 - 0.5).abs() - 0.5).abs() < 1e-3).float().mean().item()
     assert on_points > landed, f"only {on_points:.3f} of the samples land on the data points"

@@ -141,7 +141,8 @@ def test_bad_checkpoints_are_clear_errors(trained_run, tmp_path):
     path = os.path.join(run_dir, "ckpt.pt")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-    assert "not a readable checkpoint" in one_line_error(run_script(script, "--out-dir", run_dir, "--resume", *TINY, check=False))
+    r = run_script(script, "--out-dir", run_dir, "--resume", *TINY, check=False)
+    assert "not a readable checkpoint" in one_line_error(r)
 
 
 @pytest.mark.parametrize("args", [["--epochs", "-1"], ["--channels", "12", "8", "8"], ["--T", "1"], ["--schedule", "x"]])
