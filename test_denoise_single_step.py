@@ -1,0 +1,251 @@
+"""Tests for denoise_single_step.py: a smoke run on tiny IDX files (every output valid, PSNR
+sane), the noise and PSNR definitions, the training target, the UNet's shapes, resume after
+SIGKILL, --eval-only, and one-line errors. One real-MNIST check (marked realdata).
+
+    pytest -q test_denoise_single_step.py
+    pytest -q test_denoise_single_step.py -m realdata      # needs ../shared/mnist, about a minute
+"""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+import denoise_single_step as dss
+from conftest import HERE, REAL_MNIST, run_script
+
+SCRIPT = "denoise_single_step.py"
+MARGIN = 10.0  # dB over the noisy input at sigma = 0.5 after 50 real steps (measured 11.9; a mean digit: +5.8)
+TINY = ["--D", "8", "--batch-size", "32", "--device", "cpu"]  # 16 steps per epoch on 512 digits
+TINY_RUN = ["--epochs", "3", *TINY]                         # the module's run, and the resume test's
+PNGS = ["noising.png", "loss.png", "denoised_epoch001.png", "denoised_final.png", "ood.png", "psnr.png"]
+
+
+def assert_png(path):
+    assert os.path.isfile(path), f"missing {path}"
+    with Image.open(path) as im:
+        im.verify()  # raises on a truncated or non-PNG file
+    with Image.open(path) as im:
+        assert im.format == "PNG" and min(im.size) > 50
+
+
+def one_line_error(r):
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_mnist, tmp_path_factory):
+    """One 3-epoch run on the tiny data; several tests read its outputs."""
+    out = str(tmp_path_factory.mktemp("denoise"))
+    r = run_script(SCRIPT, "--data-dir", tiny_mnist, "--out-dir", out, *TINY_RUN)
+    return out, r.stdout, tiny_mnist
+
+
+# --- the default run, small ------------------------------------------------------------------------
+def test_outputs_exist_and_are_valid(tiny_run):
+    out, stdout, _ = tiny_run
+    for name in PNGS:
+        assert_png(os.path.join(out, name))
+    assert not os.path.exists(os.path.join(out, "ckpt.pt.tmp"))
+    for key in ("img/s", "s/epoch", "parameters", "PSNR on 256 test digits", "psnr.json"):
+        assert key in stdout
+
+
+def test_checkpoint_loads(tiny_run):
+    out, _, _ = tiny_run
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert ckpt["script"] == "denoise_single_step" and ckpt["epoch"] == 3
+    assert ckpt["config"]["D"] == 8 and ckpt["config"]["sigma"] == 0.5
+    assert len(ckpt["loss_history"]) == 3 * 16 and torch.isfinite(ckpt["loss_history"]).all()
+    assert ckpt["loss_history"][-4:].mean() < ckpt["loss_history"][:4].mean(), "the loss did not go down"
+    model = dss.UNet(8)
+    model.load_state_dict(ckpt["model"])  # every weight and BatchNorm statistic, nothing missing or extra
+    assert any(k.endswith("running_mean") for k in ckpt["model"])
+
+
+def test_psnr_numbers(tiny_run):
+    """Finite, in the table that was printed, noisy PSNR = -20 log10 sigma (E[MSE] = sigma^2), and
+    even a tiny model trained for 48 steps denoises sigma = 0.5 far better than doing nothing."""
+    out, stdout, _ = tiny_run
+    with open(os.path.join(out, "psnr.json")) as f:
+        res = json.load(f)
+    rows = {r["sigma"]: r for r in res["rows"]}
+    assert list(rows) == list(dss.SIGMAS) and res["n_test"] == 256 and res["epochs"] == 3
+    assert rows[0.0]["psnr_noisy"] is None  # z = x: infinite PSNR
+    for s, r in rows.items():
+        assert math.isfinite(r["psnr_denoised"])
+        if s > 0:
+            assert r["psnr_noisy"] == pytest.approx(-20 * math.log10(s), abs=0.15)
+    assert rows[0.5]["psnr_denoised"] > rows[0.5]["psnr_noisy"] + 5
+    assert f"{rows[0.5]['psnr_denoised']:10.2f}" in stdout
+    assert 0 < res["psnr_all_black"] < rows[0.5]["psnr_denoised"]
+
+
+def test_eval_only_reproduces_the_psnr(tiny_run, tmp_path):
+    """--eval-only on the saved checkpoint gives the same numbers: same noise, same weights, eval mode."""
+    out, _, data_dir = tiny_run
+    run_dir = shutil.copytree(out, tmp_path / "run")
+    os.remove(run_dir / "psnr.json")
+    r = run_script(SCRIPT, "--data-dir", data_dir, "--out-dir", run_dir, "--eval-only", *TINY)
+    with open(os.path.join(out, "psnr.json")) as f, open(run_dir / "psnr.json") as g:
+        assert json.load(f) == json.load(g)
+    assert "train:" not in r.stdout and "loaded" in r.stdout
+
+
+# --- definitions -----------------------------------------------------------------------------------
+def test_noise_and_pixel_range(tiny_mnist):
+    images, _ = dss.load_mnist(tiny_mnist, train=False)
+    x = dss.to_model_range(images)
+    assert x.shape == (256, 1, 28, 28) and x.min() == 0 and x.max() == 1  # the fake digits span 0..255
+    assert torch.equal(x * 255, images.unsqueeze(1).float())
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(dss.add_noise(x, 0.0, eps), x)                    # sigma = 0: the clean image
+    z = dss.add_noise(x, 0.5, eps)
+    assert torch.allclose((z - x) / 0.5, eps, atol=1e-6)                 # z = x + sigma eps, not clipped
+    assert z.min() < 0 and z.max() > 1
+
+
+def test_psnr_definition():
+    x = torch.zeros(2, 1, 28, 28)
+    x_hat = torch.stack([torch.full((1, 28, 28), 0.1), torch.full((1, 28, 28), 0.01)])  # MSE 1e-2, 1e-4
+    assert dss.psnr(x_hat, x).tolist() == pytest.approx([20.0, 40.0])     # per image, peak 1
+    assert dss.psnr(x, x).isinf().all()
+
+
+def test_denoise_clips_and_keeps_the_mode():
+    model = dss.UNet(4)
+    with torch.no_grad():
+        model.out[1].bias.fill_(5.0)                                  # push every output far above 1
+    z = torch.randn(7, 1, 28, 28)
+    d = dss.denoise(model.train(), z, batch=3)
+    assert d.shape == z.shape and d.min() >= 0 and d.max() == 1 and model.training
+    assert torch.equal(d, dss.denoise(model, z, batch=7))            # eval mode: no batch statistics
+
+
+def test_training_target_is_the_clean_image_with_fresh_noise():
+    """train_epoch regresses D(z) on x (not on eps), drawing a new eps for every batch it draws."""
+    seen = []
+
+    class Zero(torch.nn.Module):                  # D(z) = 0: the loss is then mean(x^2), whatever z is
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, z):
+            seen.append(z.clone())
+            return z * 0 * self.w
+
+    args = dss.get_args(["--batch-size", "64", "--sigma", "0.5"])
+    x_all = torch.full((128, 1, 28, 28), 0.3)     # every digit the same: each batch is 0.3 + 0.5 eps
+    model = Zero()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    losses = torch.cat([dss.train_epoch(model, opt, x_all, args, e) for e in (1, 2)])
+    assert losses.tolist() == pytest.approx([0.09] * 4)
+    eps = [(z - 0.3) / 0.5 for z in seen]
+    assert all(e.std().item() == pytest.approx(1, abs=0.02) and abs(e.mean().item()) < 0.02 for e in eps)
+    assert all(not torch.allclose(a, b) for i, a in enumerate(eps) for b in eps[i + 1:])  # 4 different draws
+
+
+def test_unet_shapes_follow_the_spec():
+    """ConvBlock(1, D) -> DownBlock(D, D) -> DownBlock(D, 2D) -> Flatten -> Unflatten(2D, 2D)
+    -> UpBlock(4D, D) -> UpBlock(2D, D) -> ConvBlock(2D, D) -> Conv2d(D, 1)."""
+    D = 4
+    model = dss.UNet(D)
+    shapes = {}
+    for name in ("inp", "down1", "down2", "flatten", "unflatten", "up1", "up2", "out"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: shapes.update({name: o.shape[1:]}))
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    assert shapes == {"inp": (D, 28, 28), "down1": (D, 14, 14), "down2": (2 * D, 7, 7), "flatten": (2 * D, 1, 1),
+                      "unflatten": (2 * D, 7, 7), "up1": (D, 14, 14), "up2": (D, 28, 28), "out": (1, 28, 28)}
+    assert model.up1[0][0].in_channels == 4 * D and model.up2[0][0].in_channels == 2 * D
+    assert model.out[0][0][0].in_channels == 2 * D
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 17  # every conv but the last
+
+
+# --- resume and errors -----------------------------------------------------------------------------
+def test_killed_run_resumes_to_the_same_weights(tiny_run, tmp_path):
+    """Kill a run with SIGKILL as soon as its first checkpoint is on disk, resume it, and compare with
+    the uninterrupted module run: weights, BatchNorm statistics, optimizer state and losses bit-identical."""
+    full, _, data_dir = tiny_run
+    args = ["--data-dir", data_dir, *TINY_RUN, "--out-dir", tmp_path]
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, SCRIPT), *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "ckpt.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(ckpt, weights_only=True)["epoch"] < 3
+    run_script(SCRIPT, *args, "--resume")
+    a, b = (torch.load(os.path.join(d, "ckpt.pt"), weights_only=True) for d in (full, tmp_path))
+    assert a["epoch"] == b["epoch"] == 3 and torch.equal(a["loss_history"], b["loss_history"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after resume"
+    for sa, sb in zip(a["opt"]["state"].values(), b["opt"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+def main_error(capsys, *args):
+    """Run main() in this process (quicker than a new one): it must exit with code 2 and one line."""
+    with pytest.raises(SystemExit) as e:
+        dss.main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_no_data_offline_is_a_clear_error(tmp_path):
+    """As a user sees it, in a new process: one line on stderr, exit code 2, where to put the files."""
+    r = run_script(SCRIPT, "--data-dir", tmp_path / "empty", "--out-dir", tmp_path / "out", *TINY, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "put the four idx files" in r.stderr.strip().splitlines()[-1].lower()
+
+
+def test_bad_checkpoints_are_clear_errors(tiny_run, tmp_path, capsys):
+    out, _, _ = tiny_run
+    run_dir = shutil.copytree(out, tmp_path / "run")
+    path = os.path.join(run_dir, "ckpt.pt")
+    # a finished run is not overwritten by accident, and --resume / --eval-only need a checkpoint
+    assert "--resume" in main_error(capsys, "--out-dir", run_dir, *TINY)
+    assert "train first" in main_error(capsys, "--out-dir", tmp_path / "none", "--eval-only", *TINY)
+    # a checkpoint of another config
+    assert "--D 8" in main_error(capsys, "--out-dir", run_dir, "--resume", *TINY, "--D", "16")
+    assert "--sigma 0.5" in main_error(capsys, "--out-dir", run_dir, "--resume", *TINY, "--sigma", "0.3")
+    # a checkpoint of another script
+    torch.save({"script": "ddpm_time", "config": {"T": 300}}, path)
+    assert "ddpm_time" in main_error(capsys, "--out-dir", run_dir, "--eval-only", *TINY)
+    # a corrupt one (a truncated file)
+    shutil.copy(os.path.join(out, "ckpt.pt"), path)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    assert "not a readable checkpoint" in main_error(capsys, "--out-dir", run_dir, "--resume", *TINY)
+
+
+@pytest.mark.parametrize("args", [["--sigma", "0"], ["--D", "0"], ["--epochs", "-1"], ["--n-test", "-5"]])
+def test_bad_flags_are_clear_errors(args, tmp_path, capsys):
+    assert "error:" in main_error(capsys, "--out-dir", tmp_path, *args)
+
+
+# --- real data -------------------------------------------------------------------------------------
+@pytest.mark.realdata
+@pytest.mark.skipif(not os.path.isdir(REAL_MNIST), reason="no real MNIST at ../shared/mnist")
+def test_real_mnist_denoises(tmp_path):
+    """50 steps of a D = 16 UNet on real digits beat the noisy input at sigma = 0.5 by MARGIN dB, which is
+    also 4 dB above outputting the mean training digit (11.9 dB) or an all-black image (9.7 dB)."""
+    run_script(SCRIPT, "--data-dir", REAL_MNIST, "--out-dir", tmp_path, "--epochs", "1", "--limit", "12800",
+               "--D", "16", "--n-test", "1000", "--device", "cpu", timeout=600)
+    with open(tmp_path / "psnr.json") as f:
+        rows = {r["sigma"]: r for r in json.load(f)["rows"]}
+    gain = rows[0.5]["psnr_denoised"] - rows[0.5]["psnr_noisy"]
+    assert gain > MARGIN, f"denoised PSNR only {gain:.2f} dB above the noisy input's at sigma = 0.5"
