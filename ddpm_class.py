@@ -301,9 +301,10 @@ def sample(eps_fn, x_T, sched, sampler="ddpm", steps=50, gen=None, keep_trajecto
             x = (x - sched["beta"][t] / (1 - ab).sqrt() * eps) / sched["alpha"][t].sqrt()
             if t > 1:  # no noise at the last step: x_0 is the mean
                 x = x + sched["beta"][t].sqrt() * torch.randn(x.shape, generator=gen, device=x.device)
-        else:  # predict x_0, then jump to t_prev along the same eps: x = sqrt(ab') x0 + sqrt(1 - ab') eps
-            x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(0, 1)  # the data range
-            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+        else:  # predict x_0, clip it to the data range, then jump to t_prev along the same direction:
+            x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(0, 1)
+            eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # the eps that matches the clipped x_0: without
+            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps  # it, guided samples turn to blobs
         if keep_trajectory:
             frames.append(x.cpu())
     return (x, torch.tensor(ts), torch.stack(frames)) if keep_trajectory else x

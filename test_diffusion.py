@@ -90,6 +90,24 @@ def test_sampler_with_exact_eps_recovers_the_data(sampler, steps, landed, kind):
     assert (x0 > 0.5).float().mean().item() == pytest.approx(0.5, abs=0.04)
 
 
+def test_ddim_keeps_the_implied_noise_when_x0_is_clipped():
+    """DDIM (eta = 0) moves x_t along a fixed noise direction: eps_hat = (x_t - sqrt(ab_t) x_0) /
+    sqrt(1 - ab_t) must be the same before and after a step, also when the predicted x_0 leaves
+    [0, 1] and is clipped (as guidance makes it). Reusing the raw eps after clipping breaks this,
+    and guided DDIM samples turn to blobs."""
+    sched = ddpm_time.make_schedule(300, "linear", "cpu")
+    eps_fn = lambda x, t: 3 * x  # noqa: E731  x_0 = (1 - 2.93) x / 0.22: far outside [0, 1], both sides
+    x_T = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    _, ts, frames = ddpm_time.sample(eps_fn, x_T, sched, "ddim", 2, keep_trajectory=True)
+    assert ts.tolist() == [300, 150, 0]
+    ab, ab_mid = sched["alpha_bar"][300], sched["alpha_bar"][150]
+    x0 = ((x_T - (1 - ab).sqrt() * eps_fn(x_T, 300)) / ab.sqrt()).clamp(0, 1)
+    assert (x0 == 0).any() and (x0 == 1).any(), "the test needs clipping on both sides"
+    implied_T = (x_T - ab.sqrt() * x0) / (1 - ab).sqrt()
+    implied_mid = (frames[1] - ab_mid.sqrt() * x0) / (1 - ab_mid).sqrt()
+    assert torch.allclose(implied_T, implied_mid, atol=1e-4)
+
+
 def test_no_noise_at_the_last_step():
     """x_0 is the mean of p(x_0 | x_1): the last step adds no noise, and noise is drawn T - 1 times."""
     sched = ddpm_time.make_schedule(10, "linear", "cpu")
