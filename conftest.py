@@ -1,12 +1,15 @@
 """Fixtures shared by the tests: tiny MNIST-format IDX files written to a temp folder, so every
 test runs offline through the scripts' real loading code (torchvision's IDX readers)."""
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REAL_MNIST = os.path.join(HERE, "..", "shared", "mnist")  # the CI machine's real copy, if present
@@ -56,3 +59,32 @@ def run_script(script, *args, cwd=None, check=True, timeout=600):
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
+
+
+def kill_when_written(script, args, path, timeout=120):
+    """Start a script, SIGKILL it as soon as `path` (its first checkpoint) exists, and return.
+    Fails if the run ends on its own before it can be killed."""
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, script), *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def assert_png(path):
+    """A real, complete PNG of a sensible size."""
+    assert os.path.isfile(path), f"missing {path}"
+    with Image.open(path) as im:
+        im.verify()  # raises on a truncated or non-PNG file
+    with Image.open(path) as im:
+        assert im.format == "PNG" and min(im.size) > 50
+
+
+def one_line_error(r):
+    """A user error: exit code 2, no traceback; returns the last stderr line."""
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stderr.strip().splitlines()[-1]

@@ -31,7 +31,7 @@ Conventions:
     background pixel would start off by 0.22 (we measured grey, blotchy samples that way).
 Writes to --out-dir (default runs/ddpm_class):
     ckpt.pt (model, EMA, optimizer, epoch, config, loss history, RNG; every epoch, atomically),
-    samples_epoch001.png ... (epochs 1, 5, 10, 15, 20; a row per digit), samples.png, loss.png,
+    samples_epoch001.png ... (epochs 1, 5, 10, 15, 20, the last; a row per digit), samples.png, loss.png,
     guidance.png (w in 0, 1, 3, 5, 10 on the same noise), strip.png, snapshots.pt and trajectory.pt
     (for make_gif.py), samples.pt (with --n-samples N: {"x": (N,1,28,28) in [0,1], "y": (N,) digits}).
 """
@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt
 from tqdm import tqdm
 
 SCRIPT = "ddpm_class"
-SNAPSHOT_EPOCHS = (1, 5, 10, 15, 20)  # sample grids saved after these epochs (if within the run)
+SNAPSHOT_EPOCHS = (1, 5, 10, 15, 20)  # sample grids saved after these epochs (if within the run) and the last
 GUIDANCE_SWEEP = (0, 1, 3, 5, 10)     # the w values of guidance.png
 NULL = 10                              # the "no label" class index used for eps_u
 
@@ -514,7 +514,7 @@ def main(argv=None):
             losses = train_epoch(model, ema, opt, len(loss_history), x_all, y_all, sched, args, epoch)
             loss_history = torch.cat([loss_history, losses])
             train_s, n_img = train_s + time.time() - t0, n_img + len(x_all)
-            if epoch in SNAPSHOT_EPOCHS:  # mid-training grids: cheap DDIM (50 steps) with the EMA weights
+            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # grids: cheap DDIM (50 steps), EMA weights
                 ema.eval()
                 x0 = sample(eps_grid, x_T, sched, "ddim", 50)
                 snapshots[epoch] = to_uint8(x0).cpu()

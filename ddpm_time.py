@@ -24,7 +24,7 @@ Conventions:
     background pixel would start off by 0.22 (we measured grey, blotchy samples that way).
 Writes to --out-dir (default runs/ddpm_time):
     ckpt.pt (model, EMA, optimizer, epoch, config, loss history, RNG; every epoch, atomically),
-    samples_epoch001.png ... (epochs 1, 5, 10, 15, 20), samples.png, loss.png, strip.png,
+    samples_epoch001.png ... (epochs 1, 5, 10, 15, 20 and the last), samples.png, loss.png, strip.png,
     snapshots.pt (per-epoch grids, for make_gif.py --progress), trajectory.pt (reverse process,
     for make_gif.py), samples.pt (with --n-samples N: {"x": (N,1,28,28) in [0,1], "y": None}).
 """
@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 from tqdm import tqdm
 
 SCRIPT = "ddpm_time"
-SNAPSHOT_EPOCHS = (1, 5, 10, 15, 20)  # sample grids saved after these epochs (if within the run)
+SNAPSHOT_EPOCHS = (1, 5, 10, 15, 20)  # sample grids saved after these epochs (if within the run) and the last
 
 
 # --- Config ------------------------------------------------------------------------------------
@@ -466,7 +466,7 @@ def main(argv=None):
             losses = train_epoch(model, ema, opt, len(loss_history), x_all, sched, args, epoch)
             loss_history = torch.cat([loss_history, losses])
             train_s, n_img = train_s + time.time() - t0, n_img + len(x_all)
-            if epoch in SNAPSHOT_EPOCHS:  # mid-training grids: cheap DDIM (50 steps) with the EMA weights
+            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # grids: cheap DDIM (50 steps), EMA weights
                 ema.eval()
                 x0 = sample(eps_fn, x_T, sched, "ddim", 50)
                 snapshots[epoch] = to_uint8(x0).cpu()

@@ -6,17 +6,13 @@ outputs, that only the schedule differs between the two runs, resume after SIGKI
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from PIL import Image
 
 import compare_schedules as cs
-from conftest import HERE, run_script
+from conftest import kill_when_written, run_script
 
 TINY = ["--T", "20", "--channels", "8", "8", "8", "--device", "cpu"]
 RUN = [*TINY, "--epochs", "2", "--n-samples", "8"]  # the smoke run, also the reference for resume
@@ -118,15 +114,7 @@ def test_killed_run_resumes_without_retraining(smoke, tiny_mnist, tmp_path):
     """SIGKILL while the second schedule trains; --resume must keep the first as it is and end with the
     second bit-identical to the uninterrupted smoke run."""
     out = tmp_path / "killed"
-    cmd = [sys.executable, os.path.join(HERE, "compare_schedules.py"), "--data-dir", tiny_mnist,
-           "--out-dir", str(out), *RUN]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (out / "cosine" / "ckpt.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_written("compare_schedules.py", ["--data-dir", tiny_mnist, "--out-dir", out, *RUN], out / "cosine" / "ckpt.pt")
     assert load(out / "cosine" / "ckpt.pt")["epoch"] == 1 and not (out / "results.json").exists()
     linear_before = (out / "linear" / "ckpt.pt").read_bytes()
     samples_mtime = os.path.getmtime(out / "linear" / "samples.pt")

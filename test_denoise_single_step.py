@@ -9,37 +9,18 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from PIL import Image
 
 import denoise_single_step as dss
-from conftest import HERE, REAL_MNIST, run_script
+from conftest import REAL_MNIST, assert_png, kill_when_written, run_script
 
 SCRIPT = "denoise_single_step.py"
 MARGIN = 10.0  # dB over the noisy input at sigma = 0.5 after 50 real steps (measured 11.9; a mean digit: +5.8)
 TINY = ["--D", "8", "--batch-size", "32", "--device", "cpu"]  # 16 steps per epoch on 512 digits
 TINY_RUN = ["--epochs", "3", *TINY]                         # the module's run, and the resume test's
 PNGS = ["noising.png", "loss.png", "denoised_epoch001.png", "denoised_final.png", "ood.png", "psnr.png"]
-
-
-def assert_png(path):
-    assert os.path.isfile(path), f"missing {path}"
-    with Image.open(path) as im:
-        im.verify()  # raises on a truncated or non-PNG file
-    with Image.open(path) as im:
-        assert im.format == "PNG" and min(im.size) > 50
-
-
-def one_line_error(r):
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    return r.stderr.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -177,15 +158,8 @@ def test_killed_run_resumes_to_the_same_weights(tiny_run, tmp_path):
     the uninterrupted module run: weights, BatchNorm statistics, optimizer state and losses bit-identical."""
     full, _, data_dir = tiny_run
     args = ["--data-dir", data_dir, *TINY_RUN, "--out-dir", tmp_path]
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, SCRIPT), *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "ckpt.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_written(SCRIPT, args, ckpt)
     assert torch.load(ckpt, weights_only=True)["epoch"] < 3
     run_script(SCRIPT, *args, "--resume")
     a, b = (torch.load(os.path.join(d, "ckpt.pt"), weights_only=True) for d in (full, tmp_path))

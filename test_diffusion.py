@@ -7,17 +7,13 @@ Diffusion code fails silently (wrong range, t off by one, noise at the last step
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 import ddpm_class
 import ddpm_time
-from conftest import HERE, REAL_MNIST, run_script
+from conftest import HERE, REAL_MNIST, kill_when_written, run_script
 
 SCRIPTS = sorted(f for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith(("test_", "conftest")))
 
@@ -175,15 +171,8 @@ def test_killed_run_resumes_to_the_same_weights(script, tiny_mnist, tmp_path):
     with an uninterrupted run: model, EMA and optimizer must be bit-identical."""
     args = ["--data-dir", tiny_mnist, "--epochs", "4", "--T", "20", "--channels", "8", "8", "8", "--device", "cpu"]
     run_script(script, *args, "--out-dir", tmp_path / "full")
-    cmd = [sys.executable, os.path.join(HERE, script), *map(str, args), "--out-dir", str(tmp_path / "killed")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "ckpt.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_written(script, [*args, "--out-dir", tmp_path / "killed"], ckpt)
     killed_at = torch.load(ckpt, weights_only=True)["epoch"]
     assert killed_at < 4
     run_script(script, *args, "--out-dir", tmp_path / "killed", "--resume")
