@@ -76,11 +76,8 @@ def test_ddpm_trajectory_and_snapshots(trained_run):
     assert final["x"].shape[0] == 12
 
 
-@pytest.mark.parametrize("script", DDPM_SCRIPTS)
-def test_sample_only_after_training(script, trained_run, tmp_path):
-    if trained_run[0] != script:
-        pytest.skip("covered by the other parameter")
-    _, out, _ = trained_run
+def test_sample_only_after_training(trained_run, tmp_path):
+    script, out, _ = trained_run
     run_dir = shutil.copytree(out, tmp_path / "run")
     r = run_script(script, "--out-dir", run_dir, "--sample-only", "--sampler", "ddim", "--steps", "5",
                    "--n-samples", "7", *TINY, *(["--digits", "9"] if script == "ddpm_class.py" else []))
