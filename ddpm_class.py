@@ -434,7 +434,8 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
     """Reverse process: one row per digit, columns from t = T (noise) down to t = 0."""
     cols = torch.linspace(0, len(ts) - 1, n_cols).round().long()
     rows = frames.shape[1]
-    fig, axes = plt.subplots(rows, n_cols, figsize=(0.7 * n_cols, 0.7 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, n_cols, figsize=(0.7 * n_cols, 0.7 * rows + 0.4), squeeze=False,
+                             layout="constrained")  # keeps the title next to the panels
     for r in range(rows):
         for c, i in enumerate(cols.tolist()):
             axes[r, c].imshow(to_unit_range(frames[i, r, 0]).numpy(), cmap="gray", vmin=0, vmax=1)
@@ -455,7 +456,8 @@ def to_uint8(x):
 # --- Plots: guidance sweep ---------------------------------------------------------------------
 def plot_guidance(grids, path, row_labels, ncol):
     """One panel per guidance scale w: the same starting noise and digits in every panel."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(1.9 * len(grids), 0.45 * len(row_labels) + 0.6))
+    fig, axes = plt.subplots(1, len(grids), figsize=(1.9 * len(grids), 0.45 * len(row_labels) + 0.6),
+                             layout="constrained")  # keeps the title next to the panels
     for ax, (w, x01) in zip(axes, grids.items()):
         ax.imshow(torchvision.utils.make_grid(x01, nrow=ncol, padding=2, pad_value=1.0)[0], cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"w = {w}", fontsize=9)

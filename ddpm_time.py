@@ -404,7 +404,8 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
     """Reverse process: one row per digit, columns from t = T (noise) down to t = 0."""
     cols = torch.linspace(0, len(ts) - 1, n_cols).round().long()
     rows = frames.shape[1]
-    fig, axes = plt.subplots(rows, n_cols, figsize=(0.7 * n_cols, 0.7 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, n_cols, figsize=(0.7 * n_cols, 0.7 * rows + 0.4), squeeze=False,
+                             layout="constrained")  # keeps the title next to the panels
     for r in range(rows):
         for c, i in enumerate(cols.tolist()):
             axes[r, c].imshow(to_unit_range(frames[i, r, 0]).numpy(), cmap="gray", vmin=0, vmax=1)
