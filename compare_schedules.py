@@ -551,7 +551,8 @@ def plot_losses(histories, path):
 
 def plot_side_by_side(grids, path, title):
     """grids {name: (n, 1, 28, 28) uint8}: one 8-wide grid per schedule, next to each other."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids), 4), squeeze=False,
+                             layout="constrained")  # keeps the title next to the grids
     for ax, (name, g) in zip(axes[0], grids.items()):
         grid = torchvision.utils.make_grid(g.float() / 255, nrow=8, padding=2, pad_value=1.0)[0]
         ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)

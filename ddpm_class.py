@@ -492,7 +492,7 @@ def main(argv=None):
         model.load_state_dict(ckpt["model"]), ema.load_state_dict(ckpt["ema"]), opt.load_state_dict(ckpt["opt"])
         start_epoch, loss_history = ckpt["epoch"] + 1, ckpt["loss_history"]
         set_rng_state(ckpt["rng"])
-        print(f"resumed {ckpt_path}: {ckpt['epoch']} epochs done")
+        print(f"{'loaded' if args.sample_only else 'resumed'} {ckpt_path}: {ckpt['epoch']} epochs done")
     snap_path = os.path.join(args.out_dir, "snapshots.pt")
     if os.path.exists(snap_path) and start_epoch > 1:
         snapshots = torch.load(snap_path, weights_only=True)["grids"]
