@@ -104,6 +104,21 @@ def test_ddim_keeps_the_implied_noise_when_x0_is_clipped():
     assert torch.allclose(implied_T, implied_mid, atol=1e-4)
 
 
+def test_ddpm_first_step_stays_bounded_under_cosine():
+    """Cosine at T = 300 clips beta_T to 0.999, so the DDPM step divides by sqrt(alpha_T) = 0.032.
+    With the raw eps, a 10 % eps error becomes 3x the noise in x_{T-1} (samples turn to white
+    blobs); with x_0 clipped and eps recomputed from it, x_{T-1} stays about N(0, I)."""
+    sched = ddpm_time.make_schedule(300, "cosine", "cpu")
+    assert sched["beta"][300] > 0.99
+    eps_fn = lambda x, t: 1.1 * x  # noqa: E731  at t = T the true eps is x_T itself, up to 0.0002 x_0
+    x_T = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    _, _, frames = ddpm_time.sample(eps_fn, x_T, sched, "ddpm", gen=torch.Generator().manual_seed(1),
+                                    keep_trajectory=True)
+    raw = (x_T - sched["beta"][300] / (1 - sched["alpha_bar"][300]).sqrt() * eps_fn(x_T, 300)) / sched["alpha"][300].sqrt()
+    assert raw.std() > 2.5, "the test needs the unclipped step to blow up"
+    assert 0.8 < frames[1].std() < 1.2
+
+
 def test_no_noise_at_the_last_step():
     """x_0 is the mean of p(x_0 | x_1): the last step adds no noise, and noise is drawn T - 1 times."""
     sched = ddpm_time.make_schedule(10, "linear", "cpu")
@@ -111,7 +126,10 @@ def test_no_noise_at_the_last_step():
     x0, ts, frames = ddpm_time.sample(eps_fn, torch.randn(5, 1, 28, 28), sched, "ddpm",
                                       gen=torch.Generator().manual_seed(1), keep_trajectory=True)
     x1 = frames[-2]
-    mean = (x1 - sched["beta"][1] / (1 - sched["alpha_bar"][1]).sqrt() * eps_fn(x1, 1)) / sched["alpha"][1].sqrt()
+    ab1 = sched["alpha_bar"][1]
+    x0_hat = ((x1 - (1 - ab1).sqrt() * eps_fn(x1, 1)) / ab1.sqrt()).clamp(0, 1)  # clipped, as the sampler does
+    eps1 = (x1 - ab1.sqrt() * x0_hat) / (1 - ab1).sqrt()
+    mean = (x1 - sched["beta"][1] / (1 - ab1).sqrt() * eps1) / sched["alpha"][1].sqrt()
     assert torch.allclose(x0, mean, atol=1e-6) and ts.tolist() == list(range(10, -1, -1))
     # and every earlier step does add noise: two generators give different x_1 from the same x_T
     x_T = torch.randn(5, 1, 28, 28)
