@@ -14,7 +14,8 @@ Math (t is 1-indexed as in the paper, t in {1..T}; x_0 is data, x_T is noise):
     q(x_t | x_0) = N( sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I )
     loss = || eps - eps_theta( sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t ) ||^2,  t ~ U{1..T}
     p_sample: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_t) + sigma_t z,
-              sigma_t^2 = beta_t,  z = 0 at the last step t = 1 (no noise is added to x_0)
+              sigma_t^2 = beta_t,  z = 0 at the last step t = 1 (no noise is added to x_0),
+              with eps_theta taken from the predicted x_0 clipped to [0, 1] (see sample())
 Conventions:
     training draws every t in {1..T}; sampling runs t = T, T-1, ..., 1 and returns x_0.
     pixels: the data set is uint8 0..255; the model sees x = p / 255 in [0, 1] (as in CS180), and
@@ -259,7 +260,9 @@ class UNet(nn.Module):
 @torch.no_grad()
 def sample(eps_fn, x_T, sched, sampler="ddpm", steps=50, gen=None, keep_trajectory=False):
     """Reverse process from x_T to x_0. eps_fn(x_t, t) -> predicted eps, t an int in 1..T.
-    ddpm: Algorithm 2 of Ho et al. over all T steps, sigma_t^2 = beta_t, no noise at t = 1.
+    Every step predicts x_0, clips it to the data range [0, 1] and uses the eps that matches it, then
+    ddpm: Algorithm 2 of Ho et al. over all T steps, sigma_t^2 = beta_t, no noise at t = 1 (with the
+          clipped x_0 this is their code's clip_denoised=True: the mean of q(x_{t-1} | x_t, x_0));
     ddim: deterministic (eta = 0) over `steps` evenly spaced t. Returns x_0 (and the frames)."""
     T = len(sched["beta"]) - 1
     if sampler == "ddpm":
