@@ -2,39 +2,36 @@ r"""Class-conditioned DDPM on MNIST with classifier-free guidance: ask for a dig
 
 Papers: Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models", https://arxiv.org/abs/2006.11239
         Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", https://arxiv.org/abs/2207.12598
-        DDIM sampler: Song, Meng, Ermon 2020, https://arxiv.org/abs/2010.02502
+        Song, Meng, Ermon 2020, "Denoising Diffusion Implicit Models" (DDIM), https://arxiv.org/abs/2010.02502
 
-    python ddpm_class.py --epochs 20                     # train, sample a grid of every digit, plot
-    python ddpm_class.py --data-dir ../shared/mnist      # MNIST already on disk (IDX files)
-    python ddpm_class.py --resume                        # continue a killed run from its checkpoint
-    python ddpm_class.py --sample-only --digits 7        # a grid of sevens from the saved checkpoint
-    python ddpm_class.py --sample-only --sampler ddim --steps 50 --n-samples 1000   # for evaluate.py
+    python ddpm_class.py                                  # train 20 epochs, sample every digit, plot
+    python ddpm_class.py --data-dir ~/mnist               # MNIST already on disk (a folder of IDX files)
+    python ddpm_class.py --resume                         # continue a killed run from its last epoch
+    python ddpm_class.py --sample-only --digits 7         # a grid of sevens from the saved checkpoint
+    python ddpm_class.py --sample-only --sampler ddim --n-samples 1000    # 1,000 digits for evaluate.py
 
-Math (t is 1-indexed as in the paper, t in {1..T}; x_0 is data, x_T is noise; y is the digit):
-    beta_t           linear 1e-4 .. 0.02 (default) or cosine (Nichol & Dhariwal 2021)
-    alpha_t = 1 - beta_t,   alpha_bar_t = prod_{s<=t} alpha_s,   alpha_bar_0 = 1
-    q(x_t | x_0) = N( sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I )
-    loss = || eps - eps_theta(x_t, t, y') ||^2,  t ~ U{1..T},  y' = y, or "no label" (index 10)
-           for 10% of the samples, drawn per sample, so one network learns eps(x, t, y) and eps(x, t)
-    guidance: eps = eps_u + w (eps_c - eps_u),  eps_c = eps_theta(x_t, t, y), eps_u = eps_theta(x_t, t, none)
-           w = 0 is unconditional, w = 1 plain conditional, w > 1 pushes further toward the class.
-           The other common form, (1 + w') eps_c - w' eps_u, is the same with w' = w - 1:
-           our default w = 5 equals w' = 4 there.
-    p_sample: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z,
-              sigma_t^2 = beta_t,  z = 0 at the last step t = 1 (no noise is added to x_0),
-              with eps taken from the predicted x_0 clipped to [0, 1] (see sample())
+Math (t in {1..T}, 1-indexed as in the paper; x_0 is a digit, x_T is noise; y is the digit's label):
+    schedule     beta_t linear 1e-4 .. 0.02 (or cosine),  alpha_t = 1 - beta_t,  alpha_bar_t = prod_{s<=t} alpha_s
+    q_sample     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,  eps ~ N(0, I)
+    loss         || eps - eps_theta(x_t, t, y') ||^2,  t ~ U{1..T},  y' = y, or "no label" for 10 % of samples
+    guidance     eps = eps_u + w (eps_c - eps_u),  eps_c = eps_theta(x_t, t, y),  eps_u = eps_theta(x_t, t, none);
+                 w = 0 unconditional, 1 conditional. The other common form (1 + w') eps_c - w' eps_u is the
+                 same with w' = w - 1: our default w = 5 is w' = 4 there.
+    predict_x0   x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t),  then clipped to [0, 1]
+    eps_from_x0  eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)
+    ddpm_step    x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sqrt(beta_t) z
+    ddim_step    x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps,  s < t  (deterministic, eta = 0)
 Conventions:
-    training draws every t in {1..T}; sampling runs t = T, T-1, ..., 1 and returns x_0.
-    pixels: the data set is uint8 0..255; the model sees x = p / 255 in [0, 1] (as in CS180), and
-    everything saved is in [0, 1] (PNG, samples.pt) or 0..255 uint8 (trajectory.pt, snapshots.pt).
-    Why not [-1, 1]: at T = 300, sqrt(alpha_bar_T) = 0.22 of the digit is still in x_T. With [0, 1]
-    the background is 0, so pure noise matches x_T everywhere but on the strokes; with [-1, 1] every
-    background pixel would start off by 0.22 (we measured grey, blotchy samples that way).
-Writes to --out-dir (default runs/ddpm_class):
-    ckpt.pt (model, EMA, optimizer, epoch, config, loss history, RNG; every epoch, atomically),
-    samples_epoch001.png ... (epochs 1, 5, 10, 15, 20, the last; a row per digit), samples.png, loss.png,
-    guidance.png (w in 0, 1, 3, 5, 10 on the same noise), strip.png, snapshots.pt and trajectory.pt
-    (for make_gif.py), samples.pt (with --n-samples N: {"x": (N,1,28,28) in [0,1], "y": (N,) digits}).
+    t: training draws t in {1..T}; sampling runs t = T, ..., 1; no noise is added at the last step (t = 1).
+    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); everything saved is in [0, 1] or uint8.
+    Every sampler step clips its predicted x_0 to [0, 1] and uses the eps that matches it (Ho et al.'s
+    clip_denoised): guidance pushes x_0 far outside the data range, and unclipped samples turn to blobs.
+Writes to --out-dir (default runs/ddpm_class): ckpt.pt (every epoch, atomically), samples_epochNNN.png
+    (epochs 1, 5, 10, 15, 20 and the last), samples.png, strip.png, loss.png, guidance.png, trajectory.pt
+    and snapshots.pt (for make_gif.py), samples.pt (--n-samples N, for evaluate.py).
+What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without
+    --resume/--sample-only drop the checkpoint checks and RNG state; without FLOP counting drop
+    train_flops_per_image; with the four IDX files in one folder drop the Kaggle layouts in find_idx_files.
 """
 import argparse
 import copy
@@ -57,125 +54,55 @@ from tqdm import tqdm
 SCRIPT = "ddpm_class"
 SNAPSHOT_EPOCHS = (1, 5, 10, 15, 20)  # sample grids saved after these epochs (if within the run) and the last
 GUIDANCE_SWEEP = (0, 1, 3, 5, 10)     # the w values of guidance.png
-NULL = 10                              # the "no label" class index used for eps_u
+NULL = 10                              # the "no label" class (digits are 0..9): eps_u = eps_theta(x_t, t, NULL)
+GRID_ROWS = 8                          # samples.png and the snapshots: 8 rows of 8 digits
+DDIM_STEPS = 50                        # --steps of --sampler ddim, and of the snapshots and the guidance sweep
+TRAIN_KEYS = ("limit", "channels", "T", "schedule", "batch_size", "lr", "ema_decay", "p_uncond", "seed")
 
 
-# --- Config ------------------------------------------------------------------------------------
+# --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Class-conditioned DDPM on MNIST with classifier-free guidance")
-    ap.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
-    ap.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and samples go here")
-    ap.add_argument("--epochs", type=int, default=20, help="passes over the 60,000 training digits")
-    ap.add_argument("--batch-size", type=int, default=128, help="digits per optimizer step")
-    ap.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    ap.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights, used to sample")
-    ap.add_argument("--T", type=int, default=300, help="number of diffusion steps")
-    ap.add_argument("--schedule", choices=["linear", "cosine"], default="linear", help="beta schedule")
-    ap.add_argument("--channels", type=int, nargs=3, default=[16, 64, 64],
-                    help="UNet widths at 28x28, 14x14, 7x7 (multiples of 8; see README Performance)")
-    ap.add_argument("--p-uncond", type=float, default=0.1, help="fraction of labels dropped in training")
-    ap.add_argument("--guidance", type=float, default=5.0, help="w in eps_u + w (eps_c - eps_u)")
-    ap.add_argument("--digits", type=int, nargs="+", default=list(range(10)), help="digits to sample")
-    ap.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="final sampler")
-    ap.add_argument("--steps", type=int, default=50, help="DDIM steps, at most T (DDPM uses all T)")
-    ap.add_argument("--n-samples", type=int, default=0, help="also sample N digits into samples.pt")
-    ap.add_argument("--sample-only", action="store_true", help="load ckpt.pt and sample, no training")
-    ap.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
-    ap.add_argument("--limit", type=int, default=0, help="train on the first N digits only (0: all)")
-    ap.add_argument("--seed", type=int, default=0, help="same seed, same run (on the same device)")
-    ap.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or e.g. cpu")
+    g = ap.add_argument_group("data")
+    g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
+    g.add_argument("--limit", type=number(int, 0), default=0, help="train on the first N digits only (0: all)")
+    g = ap.add_argument_group("model")
+    g.add_argument("--channels", type=number(int, 8), nargs=3, default=[16, 64, 64], help="UNet widths at 28, 14, 7 px")
+    g = ap.add_argument_group("diffusion")
+    g.add_argument("--T", type=number(int, 2), default=300, help="number of diffusion steps")
+    g.add_argument("--schedule", choices=["linear", "cosine"], default="linear", help="beta schedule")
+    g = ap.add_argument_group("training")
+    g.add_argument("--epochs", type=number(int, 0), default=20, help="passes over the 60,000 training digits")
+    g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per optimizer step")
+    g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3, help="AdamW learning rate")
+    g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")
+    g.add_argument("--p-uncond", type=number(float, 0, 1), default=0.1, help="fraction of labels dropped in training")
+    g = ap.add_argument_group("sampling")
+    g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="sampler of the final samples")
+    g.add_argument("--steps", type=number(int, 1), default=None, help="DDIM steps (default 50); DDPM runs all T")
+    g.add_argument("--guidance", type=number(float, -math.inf), default=5.0, help="w in eps_u + w (eps_c - eps_u)")
+    g.add_argument("--digits", type=int, choices=range(10), nargs="+", default=list(range(10)), help="digits to sample")
+    g.add_argument("--n-samples", type=number(int, 0), default=0, help="also sample N digits into samples.pt")
+    g = ap.add_argument_group("run")
+    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and samples go here")
+    g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
+    g.add_argument("--sample-only", action="store_true", help="load ckpt.pt and sample, no training")
+    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
+    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
     args = ap.parse_args(argv)
-    if min(args.epochs, args.limit, args.n_samples) < 0 or args.batch_size < 1 or args.lr <= 0:
-        ap.error("--epochs, --limit and --n-samples must be >= 0, --batch-size >= 1 and --lr > 0")
-    if args.T < 2 or args.steps < 1:
-        ap.error(f"need --T >= 2 and --steps >= 1 (got T={args.T}, steps={args.steps})")
-    if any(c < 8 or c % 8 for c in args.channels):
-        ap.error("--channels must be positive multiples of 8 (GroupNorm uses 8 groups)")
-    if not 0 <= args.ema_decay < 1 or not 0 <= args.p_uncond < 1:
-        ap.error("--ema-decay and --p-uncond must be in [0, 1)")
-    if any(not 0 <= d <= 9 for d in args.digits):
-        ap.error(f"--digits must be in 0..9 (got {args.digits})")
-    return args
-
-
-# --- shared: errors, device and seed ---
-def die(msg, code=2):
-    """A user error: one clear line on stderr, no traceback."""
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)
-
-
-def pick_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        die(f"unknown --device {name!r} (use auto, cpu, cuda, cuda:1 or mps)")
-
-
-# --- shared: data ---
-IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
-
-def find_idx_files(data_dir, train):
-    """Paths of the raw IDX image and label files, or None. Accepts torchvision's layout
-    (DIR/MNIST/raw/train-images-idx3-ubyte), a plain folder of the four files, and the Kaggle
-    download (dotted names such as train-images.idx3-ubyte, often inside archive/)."""
-    for folder in ("", "MNIST/raw", "raw", "archive"):
-        for dotted in (False, True):
-            paths = []
-            for name in IDX_NAMES[train]:
-                name = name.replace("-idx", ".idx") if dotted else name
-                path = os.path.join(data_dir, folder, name)
-                if os.path.isdir(path):  # Kaggle also ships a folder of the same name around the file
-                    path = os.path.join(path, name)
-                paths.append(path)
-            if all(os.path.isfile(p) for p in paths):
-                return paths
-    return None
-
-
-def load_mnist(data_dir, train=True):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read by torchvision's IDX readers."""
-    paths = find_idx_files(data_dir, train)
-    if paths is None:  # not on disk: download the way torchvision users expect
-        try:
-            torchvision.datasets.MNIST(data_dir, train=train, download=True)
-        except Exception as e:  # offline, no permission, ...: say where the files go instead
-            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
-                f"Put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, or the Kaggle .idx names) "
-                f"in {data_dir!r} or pass --data-dir")
-        paths = find_idx_files(data_dir, train)
-    try:
-        images, labels = read_image_file(paths[0]), read_label_file(paths[1])
-    except Exception as e:
-        die(f"cannot read MNIST IDX files {paths}: {e}")
-    if images.shape[1:] != (28, 28) or len(images) != len(labels):
-        die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images, labels
-
-
-def to_model_range(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
-    return images_uint8.unsqueeze(1).float().div(255)
-
-
-def to_unit_range(x):
-    """Model output -> [0, 1] for saving and plotting: clamped, since samples can overshoot."""
-    return x.clamp(0, 1)
+    if any(c % 8 for c in args.channels):
+        ap.error(f"--channels must be multiples of 8 (GroupNorm uses 8 groups), got {args.channels}")
+    if args.sampler == "ddpm" and args.steps is not None:
+        ap.error("--steps is for --sampler ddim: DDPM runs every one of the T steps")
+    if args.sampler == "ddim":
+        args.steps = args.steps or DDIM_STEPS
+    return args, typed_flags(ap, argv)  # typed: the flags given, which --resume checks against the checkpoint
 
 
 # --- shared: schedule ---
 def make_schedule(T, kind, device):
     """beta, alpha, alpha_bar as tensors of length T + 1, indexed by t = 0..T (index 0 is x_0:
-    beta_0 = 0, alpha_bar_0 = 1). Computed in float64, stored in float32."""
+    beta_0 = 0, alpha_bar_0 = 1). Computed in float64 on the CPU, stored in float32 on the device."""
     t = torch.arange(T + 1, dtype=torch.float64)
     if kind == "linear":  # Ho et al.: beta_1 = 1e-4 .. beta_T = 0.02, evenly spaced
         beta = torch.cat([torch.zeros(1, dtype=torch.float64), torch.linspace(1e-4, 0.02, T, dtype=torch.float64)])
@@ -191,15 +118,16 @@ def make_schedule(T, kind, device):
     return {k: v.float().to(device) for k, v in dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar).items()}
 
 
+# --- shared: forward process ---
 def q_sample(x0, t, eps, sched):
-    """Forward process: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t of shape (B,)."""
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, for a batch of t (B,)."""
     ab = sched["alpha_bar"][t].view(-1, 1, 1, 1)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
 
 # --- shared: model blocks ---
 def time_embedding(t, dim):
-    """Sinusoidal embedding of the integer step t (B,) -> (B, dim), as in the Transformer."""
+    """Sinusoidal embedding of the step t (B,) -> (B, dim), as in the Transformer."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
@@ -239,17 +167,17 @@ class SelfAttention(nn.Module):
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 
 
-# --- Model ----------------------------------------------------------------------------------
+# --- shared: UNet ---
 class UNet(nn.Module):
-    """eps_theta(x_t, t, y): 28x28 -> 14x14 -> 7x7 (+ attention) -> back up, skips by concatenation.
-    The digit y (10 = no label) has a learned embedding added to the time embedding."""
+    """eps_theta(x_t, t) or, with n_classes, eps_theta(x_t, t, y): 28x28 -> 14x14 -> 7x7 (+ attention)
+    -> back up, skips by concatenation. A label y has a learned embedding added to the time embedding."""
 
-    def __init__(self, channels=(16, 64, 64), emb_dim=128):
+    def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
         c1, c2, c3 = channels
         self.emb_dim = emb_dim
         self.t_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.y_emb = nn.Embedding(11, emb_dim)                    # digits 0..9 and NULL = 10
+        self.y_emb = nn.Embedding(n_classes, emb_dim) if n_classes else None
         self.inp = nn.Conv2d(1, c1, 3, padding=1)
         self.down1, self.pool1 = ResBlock(c1, c1, emb_dim), nn.Conv2d(c1, c1, 3, stride=2, padding=1)
         self.down2, self.pool2 = ResBlock(c1, c2, emb_dim), nn.Conv2d(c2, c2, 3, stride=2, padding=1)
@@ -260,8 +188,10 @@ class UNet(nn.Module):
         self.unpool1, self.up1 = nn.ConvTranspose2d(c1, c1, 4, 2, 1), ResBlock(2 * c1, c1, emb_dim)
         self.out = nn.Sequential(nn.GroupNorm(8, c1), nn.SiLU(), nn.Conv2d(c1, 1, 3, padding=1))
 
-    def forward(self, x, t, y):                                   # x (B, 1, 28, 28), t (B,) in 1..T, y (B,)
-        emb = self.t_mlp(time_embedding(t, self.emb_dim)) + self.y_emb(y)  # (B, emb_dim)
+    def forward(self, x, t, y=None):                              # x (B, 1, 28, 28), t (B,), y (B,) or None
+        emb = self.t_mlp(time_embedding(t, self.emb_dim))         # (B, emb_dim)
+        if y is not None:
+            emb = emb + self.y_emb(y)                             # the digit, or NULL = "no label"
         h1 = self.down1(self.inp(x), emb)                         # (B, c1, 28, 28)
         h2 = self.down2(self.pool1(h1), emb)                      # (B, c2, 14, 14)
         h3 = self.down3(self.pool2(h2), emb)                      # (B, c3, 7, 7)
@@ -269,9 +199,10 @@ class UNet(nn.Module):
         h = self.up3(torch.cat([h, h3], 1), emb)                  # (B, c2, 7, 7)
         h = self.up2(torch.cat([self.unpool2(h), h2], 1), emb)    # (B, c1, 14, 14)
         h = self.up1(torch.cat([self.unpool1(h), h1], 1), emb)    # (B, c1, 28, 28)
-        return self.out(h)                                        # (B, 1, 28, 28): predicted eps
+        return self.out(h)                                        # (B, 1, 28, 28)
 
 
+# --- guidance ----------------------------------------------------------------------------------
 def guided_eps_fn(model, y, w):
     """eps(x_t, t) = eps_u + w (eps_c - eps_u) for the digits y (B,): one forward pass on 2B inputs."""
     y2 = torch.cat([y, torch.full_like(y, NULL)])                 # (2B,): labels, then "no label"
@@ -283,77 +214,70 @@ def guided_eps_fn(model, y, w):
     return eps_fn
 
 
-# --- shared: samplers ---
-@torch.no_grad()
-def sample(eps_fn, x_T, sched, sampler="ddpm", steps=50, gen=None, keep_trajectory=False):
-    """Reverse process from x_T to x_0. eps_fn(x_t, t) -> predicted eps, t an int in 1..T.
-    Every step predicts x_0, clips it to the data range [0, 1] and uses the eps that matches it, then
-    ddpm: Algorithm 2 of Ho et al. over all T steps, sigma_t^2 = beta_t, no noise at t = 1 (with the
-          clipped x_0 this is their code's clip_denoised=True: the mean of q(x_{t-1} | x_t, x_0));
-    ddim: deterministic (eta = 0) over `steps` evenly spaced t. Returns x_0 (and the frames)."""
-    T = len(sched["beta"]) - 1
+# --- shared: sampler ---
+def predict_x0(x_t, t, eps, sched):
+    """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t): q_sample solved for x_0."""
+    ab = sched["alpha_bar"][t]
+    return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+
+def eps_from_x0(x_t, t, x0, sched):
+    """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t): q_sample solved for eps."""
+    ab = sched["alpha_bar"][t]
+    return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+
+def ddpm_step(x_t, t, eps, sched, gen):
+    """Algorithm 2 of Ho et al.: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z,
+    sigma_t^2 = beta_t, and z = 0 at t = 1 (x_0 is the mean: no noise is added to the final digit)."""
+    beta, alpha, ab = sched["beta"][t], sched["alpha"][t], sched["alpha_bar"][t]
+    mean = (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
+    if t == 1:
+        return mean
+    return mean + beta.sqrt() * torch.randn(x_t.shape, generator=gen).to(x_t.device)  # noise drawn on the CPU
+
+
+def ddim_step(x0, eps, t_prev, sched):
+    """DDIM with eta = 0: x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t.
+    Jumps any number of steps along the same x_0 and noise direction; at s = 0 it returns x_0."""
+    ab_prev = sched["alpha_bar"][t_prev]
+    return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+
+
+def timesteps(sampler, T, steps):
+    """The t the sampler visits, from T down to 0: every one for DDPM, `steps` evenly spaced for DDIM."""
     if sampler == "ddpm":
-        ts = list(range(T, -1, -1))                                     # T, T-1, ..., 0
-    else:                                                               # e.g. 300, 294, ..., 6, 0
-        ts = torch.linspace(T, 0, min(steps, T) + 1).round().long().tolist()
-    x, frames = x_T, [x_T.cpu()] if keep_trajectory else None
+        return list(range(T, -1, -1))                              # T, T-1, ..., 1, 0
+    return torch.linspace(T, 0, min(steps, T) + 1).round().long().tolist()  # e.g. 300, 294, ..., 6, 0
+
+
+@torch.no_grad()
+def sample(eps_fn, x_T, sched, sampler, steps, gen):
+    """Reverse process from x_T to x_0. eps_fn(x_t, t) -> predicted eps, t an int in 1..T.
+    Every step predicts x_0, clips it to the data range and uses the eps that matches it (unchanged
+    wherever x_0 was inside [0, 1]), then takes a DDPM or DDIM step. Returns x_0 (B, 1, 28, 28),
+    the t visited (n + 1,) and every x_t as uint8 frames (n + 1, B, 1, 28, 28), for plots and GIFs."""
+    ts = timesteps(sampler, len(sched["beta"]) - 1, steps)
+    x, frames = x_T, [to_uint8(x_T).cpu()]
     for t, t_prev in zip(ts[:-1], ts[1:]):
-        eps = eps_fn(x, t)
-        ab, ab_prev = sched["alpha_bar"][t], sched["alpha_bar"][t_prev]
-        # both samplers clip the predicted x_0 to the data range and use the eps that matches it. Without
-        # it, DDPM's 1 / sqrt(alpha_t) blows up under cosine at T = 300 (beta_T = 0.999: 31.6x the eps error)
-        x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(0, 1)
-        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # unchanged wherever x_0 was inside [0, 1]
-        if sampler == "ddpm":  # x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z
-            x = (x - sched["beta"][t] / (1 - ab).sqrt() * eps) / sched["alpha"][t].sqrt()
-            if t > 1:  # no noise at the last step: x_0 is the mean
-                x = x + sched["beta"][t].sqrt() * torch.randn(x.shape, generator=gen, device=x.device)
-        else:  # jump to t_prev along the same (clipped) x_0 and eps; with the raw eps, guided DDIM gave blobs
-            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
-        if keep_trajectory:
-            frames.append(x.cpu())
-    return (x, torch.tensor(ts), torch.stack(frames)) if keep_trajectory else x
+        x0 = predict_x0(x, t, eps_fn(x, t), sched).clamp(0, 1)
+        eps = eps_from_x0(x, t, x0, sched)
+        x = ddpm_step(x, t, eps, sched, gen) if sampler == "ddpm" else ddim_step(x0, eps, t_prev, sched)
+        frames.append(to_uint8(x).cpu())
+    return x, torch.tensor(ts), torch.stack(frames)
 
 
-# --- shared: checkpoints ---
-ARCH_KEYS = ("T", "schedule", "channels")  # a checkpoint only fits a model built with these
-
-
-def save_checkpoint(state, path):
-    """Atomic: write a temp file, then rename over the old one (a kill never leaves half a file)."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, args):
-    if not os.path.isfile(path):
-        die(f"no checkpoint at {path}: train first (without --resume / --sample-only)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        script, config = ckpt["script"], ckpt["config"]
-    except Exception as e:
-        die(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it or use another --out-dir")
-    if script != SCRIPT:
-        die(f"{path} was written by {script}.py, not {SCRIPT}.py; use another --out-dir")
-    for k in ARCH_KEYS:
-        if config[k] != getattr(args, k):
-            die(f"{path} was trained with --{k.replace('_', '-')} {config[k]}, not {getattr(args, k)}; "
-                f"pass the same value or use another --out-dir")
-    return ckpt
-
-
-def rng_state():
-    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["cpu"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+# --- training step: the DDPM loss with labels dropped for guidance ------------------------------
+def ddpm_loss_cfg(model, x0, y, sched, p_uncond):
+    """|| eps - eps_theta(x_t, t, y') ||^2 for digits x_0 (B, 1, 28, 28) in [0, 1] with labels y (B,),
+    t ~ U{1..T}; y' = NULL ("no label") for a fraction p_uncond of the samples, drawn per sample, so
+    that one network learns both eps(x_t, t, y) and eps(x_t, t) for classifier-free guidance."""
+    T = len(sched["beta"]) - 1
+    t = torch.randint(1, T + 1, (len(x0),), device=x0.device)     # t ~ U{1..T}
+    eps = torch.randn_like(x0)
+    drop = torch.rand(len(y), device=y.device) < p_uncond         # per sample, not per batch
+    y = torch.where(drop, torch.full_like(y, NULL), y)
+    return F.mse_loss(model(q_sample(x0, t, eps, sched), t, y), eps)
 
 
 # --- shared: EMA ---
@@ -366,47 +290,394 @@ def ema_update(ema, model, decay, step):
         p_ema.lerp_(p, 1 - d)
 
 
-# --- Training -------------------------------------------------------------------------------
-def train_epoch(model, ema, opt, step0, x_all, y_all, sched, args, epoch):
-    """One pass over the data in shuffled batches (randperm on the device, no DataLoader).
-    step0 = optimizer steps before this epoch. Returns the per-step losses as a tensor; the only
-    host syncs are the progress-bar updates."""
+# --- main ---------------------------------------------------------------------------------------
+def main(argv=None):
+    # setup: flags, device, output folder, schedule, model (and the checkpoint, to continue or sample)
+    args, typed = get_args(argv)
+    torch.manual_seed(args.seed)
+    device = pick_device(args.device)
+    ckpt_path = prepare_out_dir(args.out_dir, args.resume or args.sample_only)
+    ckpt = load_checkpoint(ckpt_path, args, typed, SCRIPT, TRAIN_KEYS) if args.resume or args.sample_only else None
+    print(vars(args))
+    sched = make_schedule(args.T, args.schedule, device)
+    print(f"device {device}  threads {torch.get_num_threads()}  T={args.T} {args.schedule}  "
+          f"sqrt(alpha_bar_T) = {sched['alpha_bar'][-1].sqrt().item():.3f} (signal left at t = T)")
+    model = UNet(args.channels, n_classes=11).to(device, memory_format=torch.channels_last)  # channels_last: 1.2x on CPU
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, channels {args.channels}")
+    run = restore_run(ckpt, model, ema, opt, device, args.out_dir)
+
+    # the grid: 8 rows of 8, a row per digit (8 rows of one digit, 4 each of two, ...), the same starting
+    # noise x_T after every epoch, from its own generator so sampling never touches the training RNG
+    rows_per_digit = max(1, GRID_ROWS // len(args.digits))
+    y_grid = torch.tensor(args.digits, device=device).repeat_interleave(8 * rows_per_digit)  # (8 * rows,)
+    row_labels = [str(d) for d in args.digits for _ in range(rows_per_digit)]
+    x_T = torch.randn(len(y_grid), 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+    eps_grid = guided_eps_fn(ema, y_grid, args.guidance)
+
+    # train: one epoch at a time; a grid after the snapshot epochs; a checkpoint after every epoch
+    if not args.sample_only and run["epoch"] < args.epochs:
+        images, labels = load_mnist(args.data_dir, train=True, limit=args.limit)
+        x_all, y_all = to_model_range(images).to(device), labels.to(device)  # the whole set on the device
+        loss_fn = lambda model, x0, y: ddpm_loss_cfg(model, x0, y, sched, args.p_uncond)  # noqa: E731
+        flops = train_flops_per_image(model, loss_fn, x_all[:8], y_all[:8], device)
+        print(f"training on {len(x_all)} digits, {flops / 1e9:.3f} GFLOP per image per training step")
+        train_s, first = 0.0, run["epoch"] + 1
+        for epoch in range(first, args.epochs + 1):
+            train_s += train_epoch(model, ema, opt, loss_fn, x_all, y_all, args, epoch, run)
+            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # cheap DDIM 50 on the EMA weights
+                x0 = sample(eps_grid, x_T, sched, "ddim", DDIM_STEPS, None)[0]
+                save_snapshot(run, epoch, x0, y_grid, args.out_dir, row_labels,
+                              f"{SCRIPT}: epoch {epoch} (EMA, w={args.guidance}, DDIM 50)")
+            save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
+        report_speed(train_s, args.epochs - first + 1, len(x_all), flops)
+    if len(run["loss_history"]):
+        plot_loss(run["loss_history"], os.path.join(args.out_dir, "loss.png"), f"{SCRIPT}: training loss")
+
+    # figures: the final grid with the chosen sampler, its reverse process, and the guidance sweep
+    gen = torch.Generator().manual_seed(args.seed + 2)            # sampler noise z, drawn on the CPU
+    t0 = time.time()
+    x0, ts, frames = sample(eps_grid, x_T, sched, args.sampler, args.steps, gen)
+    label = f"{args.sampler.upper()} {len(ts) - 1} steps, w={args.guidance}"
+    print(f"sample: {len(x0)} digits, {label}, in {time.time() - t0:.1f} s")
+    save_grid(to_unit_range(x0), os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}", row_labels)
+    first_of_row = frames[:, ::8]                                 # (steps + 1, rows, 1, 28, 28): one digit per row
+    plot_strip(first_of_row, ts, os.path.join(args.out_dir, "strip.png"), f"{SCRIPT}: reverse process ({label})",
+               row_labels)
+    save_atomic({"frames": frames, "t": ts, "y": y_grid.cpu(), "nrow": 8}, os.path.join(args.out_dir, "trajectory.pt"))
+    every_other = slice(None, None, 2)                            # 4 digits per row, the same noise for each w
+    sweep = {w: to_unit_range(sample(guided_eps_fn(ema, y_grid[every_other], w), x_T[every_other], sched,
+                                     "ddim", DDIM_STEPS, None)[0]).cpu() for w in GUIDANCE_SWEEP}
+    plot_guidance(sweep, os.path.join(args.out_dir, "guidance.png"), row_labels, 4)
+
+    # samples: N digits for evaluate.py, the requested digits in turn (0, 1, ..., 9, 0, 1, ...)
+    if args.n_samples:
+        t0, xs = time.time(), []
+        y = torch.tensor(args.digits, device=device).repeat(args.n_samples // len(args.digits) + 1)[:args.n_samples]
+        for y_chunk in y.split(250):  # 250 digits = forward batches of 500 (cond + uncond): 1.3x faster than 2 x 500
+            noise = torch.randn(len(y_chunk), 1, 28, 28, generator=gen).to(device)
+            x0 = sample(guided_eps_fn(ema, y_chunk, args.guidance), noise, sched, args.sampler, args.steps, gen)[0]
+            xs.append(to_unit_range(x0).cpu())
+        save_samples(torch.cat(xs), y.cpu(), args, run, os.path.join(args.out_dir, "samples.pt"))
+        print(f"sample: {args.n_samples} digits in {time.time() - t0:.1f} s -> samples.pt")
+    print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
+
+
+# --- plot: guidance sweep ----------------------------------------------------------------------
+def plot_guidance(grids, path, row_labels, ncol):
+    """One panel per guidance scale w: the same starting noise and digits in every panel."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(1.9 * len(grids), 0.45 * len(row_labels) + 0.6),
+                             layout="constrained")  # keeps the title next to the panels
+    for ax, (w, x01) in zip(axes, grids.items()):
+        ax.imshow(torchvision.utils.make_grid(x01, nrow=ncol, padding=2, pad_value=1.0)[0], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"w = {w}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([30 * r + 15 for r in range(len(row_labels))], row_labels, fontsize=7)
+    fig.suptitle(f"{SCRIPT}: eps_u + w (eps_c - eps_u), EMA, DDIM 50 steps", fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+# =================================================================================================
+# Plumbing: identical in every script, skip on a first read. Flag checks, errors, device, MNIST
+# files, checkpoints and resume, RNG state, the training loop's bookkeeping, plots.
+# =================================================================================================
+# --- shared: flag types ---
+def number(kind, lo, hi=math.inf, lo_included=True):
+    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included). "--lr nan",
+    "--epochs -1" or "--guidance inf" stop the parser with one line that names the flag."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if not math.isfinite(value) or value < lo or (value == lo and not lo_included) or value >= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
+        return value
+    return parse
+
+
+# --- shared: typed flags ---
+def typed_flags(ap, argv):
+    """The flags the user gave (their dests), whether or not the value equals the default."""
+    defaults = {a.dest: a.default for a in ap._actions}
+    for a in ap._actions:
+        a.default = argparse.SUPPRESS  # a flag that was not given then leaves no attribute
+    try:
+        return set(vars(ap.parse_args(argv)))
+    finally:
+        for a in ap._actions:
+            a.default = defaults[a.dest]
+
+
+# --- shared: errors ---
+def die(msg, code=2):
+    """A user error: one clear line on stderr, no traceback."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+# --- shared: device ---
+def pick_device(name):
+    """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        die(f"unknown --device {name!r} (use auto, cpu, cuda, cuda:1 or mps)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        die(f"--device {name}: this script runs on cpu, cuda or mps")
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        die(f"--device {name}: this machine has no such CUDA GPU (use --device auto or cpu)")
+    if device.type == "mps" and not mps:
+        die(f"--device {name}: Apple's mps is not available here (use --device auto or cpu)")
+    return device
+
+
+# --- shared: data ---
+IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def find_idx_files(data_dir, train):
+    """Paths of the raw IDX image and label files, or None. Accepts torchvision's layout
+    (DIR/MNIST/raw/train-images-idx3-ubyte), a plain folder of the four files, and the Kaggle
+    download (dotted names such as train-images.idx3-ubyte, often inside archive/)."""
+    for folder in ("", "MNIST/raw", "raw", "archive"):
+        for dotted in (False, True):
+            paths = []
+            for name in IDX_NAMES[train]:
+                name = name.replace("-idx", ".idx") if dotted else name
+                path = os.path.join(data_dir, folder, name)
+                if os.path.isdir(path):  # Kaggle also ships a folder of the same name around the file
+                    path = os.path.join(path, name)
+                paths.append(path)
+            if all(os.path.isfile(p) for p in paths):
+                return paths
+    return None
+
+
+def load_mnist(data_dir, train=True, limit=0):
+    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read by torchvision's IDX readers;
+    the first `limit` digits only if limit > 0."""
+    paths = find_idx_files(data_dir, train)
+    if paths is None:  # not on disk: download the way torchvision users expect
+        try:
+            torchvision.datasets.MNIST(data_dir, train=train, download=True)
+        except Exception as e:  # offline, no permission, ...: say where the files go instead
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
+                f"Put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, or the Kaggle .idx names) "
+                f"in {data_dir!r} or pass --data-dir")
+        paths = find_idx_files(data_dir, train)
+    try:
+        images, labels = read_image_file(paths[0]), read_label_file(paths[1])
+    except Exception as e:
+        die(f"cannot read MNIST IDX files {paths}: {e}")
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
+    return (images[:limit], labels[:limit]) if limit else (images, labels)
+
+
+def to_model_range(images_uint8):
+    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
+    return images_uint8.unsqueeze(1).float().div(255)
+
+
+# --- shared: saved pixels ---
+def to_unit_range(x):
+    """Model output -> [0, 1] for saving and plotting: clamped, since samples can overshoot."""
+    return x.clamp(0, 1)
+
+
+def to_uint8(x):
+    """[0, 1] -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
+    return (to_unit_range(x) * 255).round().to(torch.uint8)
+
+
+# --- shared: atomic save ---
+def save_atomic(obj, path):
+    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk
+    leaves the previous file whole (never half a new one), and the next step reads either."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, folder gone or read-only, ...
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
+
+
+# --- shared: out dir ---
+def prepare_out_dir(out_dir, continuing):
+    """Create --out-dir and check it takes files; returns the checkpoint path. A finished run in it is
+    never overwritten by accident: it needs --resume or --sample-only."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        die(f"cannot write to --out-dir {out_dir!r} ({e.strerror or e})")
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if os.path.exists(ckpt_path) and not continuing:
+        die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, or another --out-dir")
+    return ckpt_path
+
+
+# --- shared: checkpoints ---
+def load_checkpoint(path, args, typed, script, train_keys):
+    """Read ckpt.pt for --resume or --sample-only. Every training flag the user gave must equal the
+    checkpoint's (else a one-line error naming the flag); flags not given take the checkpoint's values,
+    so the run continues exactly. --epochs may grow."""
+    if not os.path.isfile(path):
+        die(f"no checkpoint at {path}: train first (without --resume / --sample-only)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        stored, config = ckpt["script"], ckpt["config"]
+    except Exception as e:
+        die(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it or use another --out-dir")
+    if stored != script:
+        die(f"{path} was written by {stored}.py, not {script}.py; use another --out-dir")
+    for k in train_keys:
+        if k in typed and k in config and getattr(args, k) != config[k]:
+            flag = "--" + k.replace("_", "-")
+            die(f"{path} was trained with {flag} {config[k]}, you gave {flag} {getattr(args, k)}: "
+                f"drop the flag to continue that run, or use another --out-dir")
+        setattr(args, k, config.get(k, getattr(args, k)))
+    if "epochs" not in typed:
+        args.epochs = max(config["epochs"], ckpt["epoch"])
+    return ckpt
+
+
+def restore_run(ckpt, model, ema, opt, device, out_dir):
+    """The run's state: epochs done, loss history and per-epoch grids, with the weights, the optimizer
+    and the RNG put back from the checkpoint (or a fresh run if ckpt is None)."""
+    run = {"epoch": 0, "loss_history": torch.zeros(0), "snapshots": {}}
+    if ckpt is None:
+        return run
+    try:
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        die(f"the checkpoint in {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
+    set_rng_state(ckpt["rng"], device)
+    run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
+    snap_path = os.path.join(out_dir, "snapshots.pt")
+    if os.path.exists(snap_path):
+        run["snapshots"] = {e: g for e, g in torch.load(snap_path, weights_only=True)["grids"].items() if e <= run["epoch"]}
+    print(f"loaded {out_dir}/ckpt.pt: {run['epoch']} epochs done")
+    return run
+
+
+def save_run(run, model, ema, opt, args, device, path, script):
+    """The checkpoint: weights, EMA, optimizer, RNG, loss history and the flags that made them."""
+    save_atomic({"script": script, "config": vars(args), "epoch": run["epoch"], "model": model.state_dict(),
+                 "ema": ema.state_dict(), "opt": opt.state_dict(), "loss_history": run["loss_history"],
+                 "rng": rng_state(device)}, path)
+
+
+# --- shared: RNG state ---
+def rng_state(device):
+    """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "mps" and state.get("mps") is not None:
+        torch.mps.set_rng_state(state["mps"])
+
+
+# --- shared: training loop ---
+def train_epoch(model, ema, opt, loss_fn, x_all, y_all, args, epoch, run):
+    """One pass over the data in shuffled batches (randperm on the device, no DataLoader); loss_fn(model,
+    x0, y) is the loss of a batch (y is None without labels). Appends the per-step losses to
+    run["loss_history"], sets run["epoch"] and returns the seconds it took. The only host syncs are the
+    progress-bar updates, every 25 steps: a non-finite loss stops the run there, before any checkpoint."""
     model.train()
-    N, B = len(x_all), args.batch_size
+    t0, N, B = time.time(), len(x_all), args.batch_size
     perm = torch.randperm(N, device=x_all.device)
-    losses = []
+    losses, step0 = [], len(run["loss_history"])
     bar = tqdm(total=N, desc=f"epoch {epoch}/{args.epochs}", unit="img", unit_scale=True, leave=True)
     for i in range(0, N, B):
         idx = perm[i:i + B]
-        x0, y = x_all[idx], y_all[idx]                                      # (B, 1, 28, 28) in [0, 1], (B,)
-        t = torch.randint(1, args.T + 1, (len(x0),), device=x0.device)     # t ~ U{1..T}
-        eps = torch.randn_like(x0)
-        drop = torch.rand(len(y), device=y.device) < args.p_uncond          # per sample, not per batch
-        y = torch.where(drop, torch.full_like(y, NULL), y)
-        loss = F.mse_loss(model(q_sample(x0, t, eps, sched), t, y), eps)
+        loss = loss_fn(model, x_all[idx], None if y_all is None else y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ema_update(ema, model, args.ema_decay, step0 + len(losses))
         losses.append(loss.detach())
-        bar.update(len(x0))
-        if len(losses) % 25 == 0:  # one host sync every 25 steps, not every step
+        bar.update(len(idx))
+        if len(losses) % 25 == 0 or i + B >= N:  # one host sync every 25 steps, not every step
+            check_finite(torch.stack(losses), epoch, run["epoch"])
             bar.set_postfix(loss=f"{torch.stack(losses[-25:]).mean().item():.4f}")
     bar.close()
-    return torch.stack(losses).cpu()
+    run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
+    run["epoch"] = epoch
+    return time.time() - t0
 
 
-def train_flops_per_image(model, device):
-    """FLOPs of one training step (forward + backward) per image, counted by PyTorch."""
+def check_finite(losses, epoch, last_good):
+    """Stop at the first NaN or infinite loss: the checkpoint on disk stays the last good epoch."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        step = bad[0].item()
+        kept = f"ckpt.pt still holds epoch {last_good}, the last good one" if last_good else "no checkpoint was written"
+        die(f"the loss is {losses[step].item()} at epoch {epoch}, step {step + 1}: training stopped; {kept} "
+            f"(a lower --lr may help)")
+
+
+# --- shared: speed ---
+def train_flops_per_image(model, loss_fn, x, y, device):
+    """FLOPs of one training step (forward + backward) per image, counted by PyTorch on a small batch.
+    The RNG is put back, so counting changes nothing in the run."""
     from torch.utils.flop_counter import FlopCounterMode
-    x, t = torch.zeros(8, 1, 28, 28, device=device), torch.ones(8, dtype=torch.long, device=device)
+    state = rng_state(device)
     with FlopCounterMode(display=False) as fc:
-        model(x, t, t).square().mean().backward()
+        loss_fn(model, x, y).backward()
     model.zero_grad(set_to_none=True)
-    return fc.get_total_flops() / 8
+    set_rng_state(state, device)
+    return fc.get_total_flops() / len(x)
 
 
-# --- shared: plots ---
+def report_speed(seconds, n_epochs, n_images, flops):
+    print(f"train: {seconds / max(1, n_epochs):.1f} s/epoch, {n_epochs * n_images / seconds:.0f} img/s, "
+          f"{n_epochs * n_images / seconds * flops / 1e9:.0f} GFLOP/s")
+
+
+# --- shared: snapshots ---
+def save_snapshot(run, epoch, x0, y, out_dir, row_labels, title):
+    """The grid after an epoch: a PNG, and all grids so far in snapshots.pt (for make_gif.py --progress)."""
+    run["snapshots"][epoch] = to_uint8(x0).cpu()
+    save_grid(to_unit_range(x0), os.path.join(out_dir, f"samples_epoch{epoch:03d}.png"), 8, title, row_labels)
+    save_atomic({"grids": run["snapshots"], "y": None if y is None else y.cpu()}, os.path.join(out_dir, "snapshots.pt"))
+
+
+# --- shared: samples file ---
+def save_samples(x, y, args, run, path):
+    """samples.pt for evaluate.py: x (N, 1, 28, 28) in [0, 1], labels y (N,) or None, and the flags and
+    epoch that produced them."""
+    save_atomic({"x": x, "y": y, "config": vars(args), "epoch": run["epoch"]}, path)
+
+
+# --- shared: plot grid ---
 def save_grid(x01, path, nrow, title, row_labels=None):
     """x01 (N, 1, 28, 28) in [0, 1] -> one PNG of a grid, nrow images per row."""
     grid = torchvision.utils.make_grid(x01.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)[0]
@@ -422,6 +693,7 @@ def save_grid(x01, path, nrow, title, row_labels=None):
     plt.close(fig)
 
 
+# --- shared: plot loss ---
 def plot_loss(losses, path, title):
     """Per-step loss (light) and its moving average (dark), log scale."""
     k = max(1, len(losses) // 100)
@@ -429,24 +701,27 @@ def plot_loss(losses, path, title):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(losses.numpy(), alpha=0.3, lw=0.5, label="per step")
     ax.plot(range(k - 1, k - 1 + len(smooth)), smooth.numpy(), lw=1.5, label=f"mean of {k} steps")
-    ax.set(yscale="log", xlabel="step", ylabel="MSE loss (eps)", title=title)
+    ax.set(yscale="log", xlabel="step", ylabel="MSE loss", title=title)
     ax.legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
+# --- shared: plot strip ---
 def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
-    """Reverse process: one row per digit, columns from t = T (noise) down to t = 0."""
+    """The reverse process, uint8 frames (steps + 1, rows, 1, 28, 28): one row per digit, columns from
+    the first step (noise) to the last (the digit)."""
     cols = torch.linspace(0, len(ts) - 1, n_cols).round().long()
     rows = frames.shape[1]
     fig, axes = plt.subplots(rows, n_cols, figsize=(0.7 * n_cols, 0.7 * rows + 0.4), squeeze=False,
                              layout="constrained")  # keeps the title next to the panels
     for r in range(rows):
         for c, i in enumerate(cols.tolist()):
-            axes[r, c].imshow(to_unit_range(frames[i, r, 0]).numpy(), cmap="gray", vmin=0, vmax=1)
-            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+            axes[r, c].imshow(frames[i, r, 0].numpy(), cmap="gray", vmin=0, vmax=255)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
             if r == 0:
-                axes[r, c].set_title(f"t={ts[i].item()}", fontsize=7)
+                axes[r, c].set_title(f"t={ts[i].item():g}", fontsize=7)
             if c == 0 and row_labels:
                 axes[r, c].set_ylabel(row_labels[r], fontsize=8)
     fig.suptitle(title, fontsize=9)
@@ -454,115 +729,14 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
     plt.close(fig)
 
 
-def to_uint8(x):
-    return (to_unit_range(x) * 255).round().to(torch.uint8)
-
-
-# --- Plots: guidance sweep ---------------------------------------------------------------------
-def plot_guidance(grids, path, row_labels, ncol):
-    """One panel per guidance scale w: the same starting noise and digits in every panel."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(1.9 * len(grids), 0.45 * len(row_labels) + 0.6),
-                             layout="constrained")  # keeps the title next to the panels
-    for ax, (w, x01) in zip(axes, grids.items()):
-        ax.imshow(torchvision.utils.make_grid(x01, nrow=ncol, padding=2, pad_value=1.0)[0], cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"w = {w}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([30 * r + 15 for r in range(len(row_labels))], row_labels, fontsize=7)
-    fig.suptitle(f"{SCRIPT}: eps_u + w (eps_c - eps_u), EMA, DDIM 50 steps", fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-
-# --- main ---------------------------------------------------------------------------------------
-def main(argv=None):
-    args = get_args(argv)
-    print(vars(args))
-    torch.manual_seed(args.seed)
-    device = pick_device(args.device)
-    os.makedirs(args.out_dir, exist_ok=True)
-    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
-    if os.path.exists(ckpt_path) and not (args.resume or args.sample_only):
-        die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, or another --out-dir")
-    sched = make_schedule(args.T, args.schedule, device)
-    print(f"device {device}  threads {torch.get_num_threads()}  T={args.T} {args.schedule}  "
-          f"sqrt(alpha_bar_T) = {sched['alpha_bar'][-1].sqrt().item():.3f} (signal left at t = T)")
-
-    model = UNet(args.channels).to(device, memory_format=torch.channels_last)  # channels_last: 1.2x on CPU
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, channels {args.channels}")
-    start_epoch, loss_history, snapshots = 1, torch.zeros(0), {}
-    if args.resume or args.sample_only:
-        ckpt = load_checkpoint(ckpt_path, args)
-        model.load_state_dict(ckpt["model"]), ema.load_state_dict(ckpt["ema"]), opt.load_state_dict(ckpt["opt"])
-        start_epoch, loss_history = ckpt["epoch"] + 1, ckpt["loss_history"]
-        set_rng_state(ckpt["rng"])
-        print(f"{'loaded' if args.sample_only else 'resumed'} {ckpt_path}: {ckpt['epoch']} epochs done")
-    snap_path = os.path.join(args.out_dir, "snapshots.pt")
-    if os.path.exists(snap_path) and start_epoch > 1:
-        snapshots = torch.load(snap_path, weights_only=True)["grids"]
-    # the grid: rows of 8, a row per digit (8 rows of one digit, 4 each of two, ...), and the same
-    # starting noise for every snapshot, from its own generator so sampling never touches the training RNG
-    rows_per_digit = max(1, 8 // len(args.digits))
-    y_grid = torch.tensor(args.digits, device=device).repeat_interleave(8 * rows_per_digit)  # (8 * rows,)
-    rows = [str(d) for d in args.digits for _ in range(rows_per_digit)]                       # row labels
-    x_T = torch.randn(len(y_grid), 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
-    eps_grid = guided_eps_fn(ema, y_grid, args.guidance)
-
-    train_s, n_img = 0.0, 0
-    if not args.sample_only and start_epoch <= args.epochs:
-        images, labels = load_mnist(args.data_dir, train=True)
-        images, labels = (images[:args.limit], labels[:args.limit]) if args.limit else (images, labels)
-        x_all, y_all = to_model_range(images).to(device), labels.to(device)  # whole set on the device
-        flops = train_flops_per_image(model, device)
-        print(f"training on {len(x_all)} digits, {flops / 1e9:.3f} GFLOP per image per training step")
-        for epoch in range(start_epoch, args.epochs + 1):
-            t0 = time.time()
-            losses = train_epoch(model, ema, opt, len(loss_history), x_all, y_all, sched, args, epoch)
-            loss_history = torch.cat([loss_history, losses])
-            train_s, n_img = train_s + time.time() - t0, n_img + len(x_all)
-            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # grids: cheap DDIM (50 steps), EMA weights
-                ema.eval()
-                x0 = sample(eps_grid, x_T, sched, "ddim", 50)
-                snapshots[epoch] = to_uint8(x0).cpu()
-                save_grid(to_unit_range(x0), os.path.join(args.out_dir, f"samples_epoch{epoch:03d}.png"), 8,
-                          f"{SCRIPT}: epoch {epoch} (EMA, w={args.guidance}, DDIM 50)", rows)
-                save_checkpoint({"grids": snapshots, "y": y_grid.cpu()}, snap_path)
-            save_checkpoint({"script": SCRIPT, "config": vars(args), "epoch": epoch, "model": model.state_dict(),
-                             "ema": ema.state_dict(), "opt": opt.state_dict(), "loss_history": loss_history,
-                             "rng": rng_state()}, ckpt_path)
-        print(f"train: {train_s / max(1, args.epochs - start_epoch + 1):.1f} s/epoch, "
-              f"{n_img / train_s:.0f} img/s, {n_img / train_s * flops / 1e9:.0f} GFLOP/s")
-    if len(loss_history):
-        plot_loss(loss_history, os.path.join(args.out_dir, "loss.png"), f"{SCRIPT}: training loss")
-
-    # final samples with the chosen sampler, keeping every frame of the reverse process
-    ema.eval()
-    gen = torch.Generator(device).manual_seed(args.seed + 2)
-    t0 = time.time()
-    x0, ts, frames = sample(eps_grid, x_T, sched, args.sampler, args.steps, gen, keep_trajectory=True)
-    sample_s = time.time() - t0
-    label = f"{args.sampler.upper()} {len(ts) - 1} steps, w={args.guidance}"
-    save_grid(to_unit_range(x0), os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}", rows)
-    plot_strip(frames[:, ::8], ts, os.path.join(args.out_dir, "strip.png"), f"{SCRIPT}: reverse process ({label})",
-               rows)
-    torch.save({"frames": to_uint8(frames), "t": ts, "y": y_grid.cpu(), "nrow": 8},
-               os.path.join(args.out_dir, "trajectory.pt"))
-    print(f"sample: {len(x0)} digits, {label}, in {sample_s:.1f} s")
-    sweep = {w: to_unit_range(sample(guided_eps_fn(ema, y_grid[::2], w), x_T[::2], sched, "ddim", 50)).cpu()
-             for w in GUIDANCE_SWEEP}  # 4 per digit, the same noise for each w
-    plot_guidance(sweep, os.path.join(args.out_dir, "guidance.png"), rows, 4)
-    if args.n_samples:  # the requested digits in turn: 0, 1, ..., 9, 0, 1, ...
-        t0, xs = time.time(), []
-        y = torch.tensor(args.digits, device=device).repeat(args.n_samples // len(args.digits) + 1)[:args.n_samples]
-        for i in range(0, args.n_samples, 250):  # 250 digits = forward batches of 500 (cond + uncond):
-            noise = torch.randn(len(y[i:i + 250]), 1, 28, 28, generator=gen, device=device)  # 1.3x faster
-            eps_fn = guided_eps_fn(ema, y[i:i + 250], args.guidance)                        # than 2 x 500 here
-            xs.append(to_unit_range(sample(eps_fn, noise, sched, args.sampler, args.steps, gen)).cpu())
-        torch.save({"x": torch.cat(xs), "y": y.cpu()}, os.path.join(args.out_dir, "samples.pt"))
-        print(f"sample: {args.n_samples} digits in {time.time() - t0:.1f} s -> samples.pt")
-    print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
+# --- shared: entry point ---
+def run_main(main):
+    """Ctrl-C is one line too: the last checkpoint (the last finished epoch) is on disk for --resume."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        die("interrupted: the checkpoint on disk holds the last finished epoch; --resume continues from it", 130)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
