@@ -161,7 +161,8 @@ class SelfAttention(nn.Module):
 # --- shared: UNet ---
 class UNet(nn.Module):
     """eps_theta(x_t, t) or, with n_classes, eps_theta(x_t, t, y): 28x28 -> 14x14 -> 7x7 (+ attention)
-    -> back up, skips by concatenation. A label y has a learned embedding added to the time embedding."""
+    -> back up. Skips are added, not concatenated: 1.14x faster training, measured (RESULTS.md).
+    A label y has a learned embedding added to the time embedding."""
 
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
@@ -174,9 +175,9 @@ class UNet(nn.Module):
         self.down2, self.pool2 = ResBlock(c1, c2, emb_dim), nn.Conv2d(c2, c2, 3, stride=2, padding=1)
         self.down3 = ResBlock(c2, c3, emb_dim)
         self.mid1, self.attn, self.mid2 = ResBlock(c3, c3, emb_dim), SelfAttention(c3), ResBlock(c3, c3, emb_dim)
-        self.up3 = ResBlock(2 * c3, c2, emb_dim)
-        self.unpool2, self.up2 = nn.ConvTranspose2d(c2, c2, 4, 2, 1), ResBlock(2 * c2, c1, emb_dim)
-        self.unpool1, self.up1 = nn.ConvTranspose2d(c1, c1, 4, 2, 1), ResBlock(2 * c1, c1, emb_dim)
+        self.up3 = ResBlock(c3, c2, emb_dim)
+        self.unpool2, self.up2 = nn.ConvTranspose2d(c2, c2, 4, 2, 1), ResBlock(c2, c1, emb_dim)
+        self.unpool1, self.up1 = nn.ConvTranspose2d(c1, c1, 4, 2, 1), ResBlock(c1, c1, emb_dim)
         self.out = nn.Sequential(nn.GroupNorm(8, c1), nn.SiLU(), nn.Conv2d(c1, 1, 3, padding=1))
 
     def forward(self, x, t, y=None):                              # x (B, 1, 28, 28), t (B,), y (B,) or None
@@ -187,9 +188,9 @@ class UNet(nn.Module):
         h2 = self.down2(self.pool1(h1), emb)                      # (B, c2, 14, 14)
         h3 = self.down3(self.pool2(h2), emb)                      # (B, c3, 7, 7)
         h = self.mid2(self.attn(self.mid1(h3, emb)), emb)         # (B, c3, 7, 7)
-        h = self.up3(torch.cat([h, h3], 1), emb)                  # (B, c2, 7, 7)
-        h = self.up2(torch.cat([self.unpool2(h), h2], 1), emb)    # (B, c1, 14, 14)
-        h = self.up1(torch.cat([self.unpool1(h), h1], 1), emb)    # (B, c1, 28, 28)
+        h = self.up3(h + h3, emb)                                 # (B, c2, 7, 7)
+        h = self.up2(self.unpool2(h) + h2, emb)                   # (B, c1, 14, 14)
+        h = self.up1(self.unpool1(h) + h1, emb)                   # (B, c1, 28, 28)
         return self.out(h)                                        # (B, 1, 28, 28)
 
 
@@ -575,7 +576,7 @@ def train_epoch(model, ema, opt, loss_fn, x_all, y_all, args, epoch, run):
         losses.append(loss.detach())
         bar.update(len(idx))
         if len(losses) % 25 == 0 or i + B >= N:  # one host sync every 25 steps, not every step
-            check_finite(torch.stack(losses), epoch, run["epoch"])
+            check_finite(torch.stack(losses), epoch, run["epoch"], bar)
             bar.set_postfix(loss=f"{torch.stack(losses[-25:]).mean().item():.4f}")
     bar.close()
     run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
@@ -583,10 +584,11 @@ def train_epoch(model, ema, opt, loss_fn, x_all, y_all, args, epoch, run):
     return time.time() - t0
 
 
-def check_finite(losses, epoch, last_good):
+def check_finite(losses, epoch, last_good, bar):
     """Stop at the first NaN or infinite loss: the checkpoint on disk stays the last good epoch."""
     bad = (~torch.isfinite(losses)).nonzero()
     if len(bad):
+        bar.close()  # else the bar redraws itself after the error line
         step = bad[0].item()
         kept = f"ckpt.pt still holds epoch {last_good}, the last good one" if last_good else "no checkpoint was written"
         die(f"the loss is {losses[step].item()} at epoch {epoch}, step {step + 1}: training stopped; {kept} "
@@ -680,11 +682,13 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C is one line too: the last checkpoint (the last finished epoch) is on disk for --resume."""
+    """Ctrl-C is one line too. Every file on disk is whole (written atomically); a training run's
+    checkpoint holds its last finished epoch."""
     try:
         main()
     except KeyboardInterrupt:
-        die("interrupted: the checkpoint on disk holds the last finished epoch; --resume continues from it", 130)
+        die("interrupted (Ctrl-C); files already written are whole, and a training run continues "
+            "from its last finished epoch with --resume", 130)
 
 
 if __name__ == "__main__":

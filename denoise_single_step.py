@@ -1,37 +1,50 @@
 r"""One-step denoiser on MNIST: a UNet maps a noisy digit z = x + sigma eps back to x (sigma = 0.5).
 
-The warm-up of UC Berkeley CS180 (Fall 2024) Project 5B, part 1: before diffusion, one network
-removes one fixed level of Gaussian noise in one step. Train, then look at what it does at other
-noise levels (it never saw them) and measure it in PSNR.
+UC Berkeley CS180 Project 5B, "Diffusion Models from Scratch", part 1: before diffusion, one network
+removes one fixed level of Gaussian noise in one step. Train, then look at what it does at other noise
+levels (it never saw them) and measure it in PSNR. --pure-noise is the course's part 1.2.3 (Fall 2025):
+the same network and loss, but the input is pure noise. https://cal-cs180.github.io/fa25/hw/proj5/partb.html
 
     python denoise_single_step.py                                # 5 epochs, D = 32: train, figures, PSNR
-    python denoise_single_step.py --data-dir ../shared/mnist     # MNIST already on disk (IDX files)
+    python denoise_single_step.py --data-dir ~/mnist             # MNIST already on disk (a folder of IDX files)
     python denoise_single_step.py --resume                       # continue a killed run from its checkpoint
     python denoise_single_step.py --eval-only                    # figures and PSNR from the saved checkpoint
+    python denoise_single_step.py --pure-noise                   # "denoise" pure noise: outputs -> the mean digit
     python denoise_single_step.py --D 128 --epochs 5 --batch-size 256 --lr 1e-4   # the CS180 spec exactly
 
 Math (x a clean digit, eps ~ N(0, I) of the same shape, sigma a fixed noise level):
-    z = x + sigma eps                                  the noisy digit (sigma = --sigma = 0.5 in training)
-    loss = || D_theta(z) - x ||^2                      L2, the mean over pixels and batch (F.mse_loss)
-    its minimiser is D(z) = E[x | z], the posterior mean: blurry where several digits fit z.
-    PSNR = 10 log10(1 / MSE) dB, MSE = the mean over the 784 pixels of ONE image (peak value 1);
-           the number reported is the mean of the per-image PSNRs over the test digits.
+    add_noise     z = x + sigma eps             the noisy digit (sigma = --sigma = 0.5 in training)
+    denoise_loss  || D_theta(z) - x ||^2        L2, the mean over pixels and batch (F.mse_loss); its
+                  minimiser is D(z) = E[x | z], the posterior mean: blurry where several digits fit z.
+    --pure-noise  z = eps, no digit in it: z tells nothing about x, so E[x | z] = E[x] for every z. The
+                  best single output under L2 is the mean training digit, and the outputs approach it.
+    psnr          10 log10(1 / MSE) dB, MSE = the mean over the 784 pixels of ONE image (peak value 1);
+                  the number reported is the mean of the per-image PSNRs over the test digits.
+    rms_distance  sqrt(mean over the 784 pixels of (a - b)^2), per image; reported as the mean over images.
 Conventions:
     pixels: the data set is uint8 0..255; x = p / 255 in [0, 1] (to_model_range, as in the DDPM
     scripts). z is not clipped: the model sees x + sigma eps.
-    The denoised output is clipped to [0, 1] for PSNR and plots. The noisy input's PSNR uses the
-    unclipped z (so it is about -20 log10 sigma: 6.0 dB at 0.5); plots show z clipped to [0, 1].
-    Training draws fresh eps for every batch. Figures and PSNR use one fixed eps per test digit
-    (generator seed + 1), scaled by each sigma, so every row and every point sees the same noise.
+    The denoised output is clipped to [0, 1] for PSNR, distances and plots. The noisy input's PSNR uses
+    the unclipped z (so it is about -20 log10 sigma: 6.0 dB at 0.5); plots show z clipped to [0, 1].
+    Training draws fresh eps for every batch. Figures and scores use fixed noise (generator seed + 1):
+    one eps per test digit, scaled by each sigma, so every row and every point sees the same noise.
 Model: the course's UNet (Conv = 3x3 conv + BatchNorm + GELU), hidden width D (the spec's D = 128 has
     16x the FLOPs of D = 32 and trains ~10x slower: ~45 min per epoch on a 2-core CPU), concatenated skips:
     28x28 ConvBlock(1, D) -> 14x14 DownBlock(D, D) -> 7x7 DownBlock(D, 2D) -> Flatten (1x1)
     -> Unflatten(2D, 2D) -> UpBlock(4D, D) -> UpBlock(2D, D) -> ConvBlock(2D, D) -> Conv2d(D, 1).
 Writes to --out-dir (default runs/denoise_single_step):
-    ckpt.pt (model, optimizer, epoch, config, loss history, RNG; every epoch, atomically),
+    ckpt.pt (model, optimizer, epoch, flags, loss history, RNG; every epoch, atomically),
     noising.png (the same test digits at every sigma in SIGMAS), loss.png, denoised_epoch001.png and
     denoised_final.png (rows: clean, noisy, denoised at --sigma), ood.png (noisy and denoised at
-    every sigma), psnr.png and psnr.json (PSNR of noisy and denoised vs sigma on the test set).
+    every sigma), psnr.png and psnr.json (PSNR of noisy and denoised vs sigma on the test set, and
+    the flags that produced it; atomically).
+    With --pure-noise (default runs/denoise_pure_noise): ckpt.pt, loss.png, pure_noise_epoch001.png,
+    pure_noise_epoch005.png and pure_noise_final.png (rows: noise z, D(z), the mean training digit), and
+    pure_noise.json (the distances of the outputs and of the training digits to the mean digit, the flags).
+What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without
+    --resume/--eval-only drop the checkpoint checks and RNG state; without FLOP counting drop the speed
+    block; without --pure-noise drop its branch in denoise_loss and the pure_noise helpers; with the
+    four IDX files in one folder drop the Kaggle layouts in find_idx_files.
 """
 import argparse
 import copy
@@ -54,120 +67,53 @@ from tqdm import tqdm
 
 SCRIPT = "denoise_single_step"
 SIGMAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)  # noise levels of noising.png, ood.png and the PSNR sweep
-CONFIG_KEYS = ("D", "sigma")                   # a checkpoint only fits a run with these values
+SIGMA_LABELS = [f"sigma={s}" for s in SIGMAS]   # the rows of noising.png and ood.png
+FIGURE_EPOCHS = (1,)                            # denoised_epochNNN.png after these epochs (and _final after the last)
+PURE_FIGURE_EPOCHS = (1, 5)                     # --pure-noise: pure_noise_epochNNN.png after these epochs (and _final)
+N_PURE = 1000                                   # --pure-noise: fixed noise images whose outputs are measured
+SYNC_EVERY = 25                                 # training steps between host syncs (progress bar, NaN check)
+TRAIN_KEYS = ("limit", "D", "sigma", "pure_noise", "batch_size", "lr", "seed")
 
 
-# --- Config ------------------------------------------------------------------------------------
+# --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
-    ap = argparse.ArgumentParser(description="One-step denoiser (UNet, L2) on MNIST at a fixed sigma")
-    ap.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
-    ap.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and PSNR go here")
-    ap.add_argument("--epochs", type=int, default=5, help="passes over the 60,000 training digits")
-    ap.add_argument("--batch-size", type=int, default=256, help="digits per optimizer step")
-    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the spec's 1e-4 is for D = 128)")
-    ap.add_argument("--D", type=int, default=32, help="UNet hidden width (the spec's 128 is ~10x slower)")
-    ap.add_argument("--sigma", type=float, default=0.5, help="noise level of training: z = x + sigma eps")
-    ap.add_argument("--n-test", type=int, default=0, help="PSNR on the first N test digits (0: all 10,000)")
-    ap.add_argument("--eval-only", action="store_true", help="load ckpt.pt, make figures and PSNR, no training")
-    ap.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
-    ap.add_argument("--limit", type=int, default=0, help="train on the first N digits only (0: all)")
-    ap.add_argument("--seed", type=int, default=0, help="same seed, same run (on the same device)")
-    ap.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or e.g. cpu")
+    ap = argparse.ArgumentParser(description="One-step denoiser (UNet, L2) on MNIST at a fixed sigma, or of pure noise")
+    g = ap.add_argument_group("data")
+    g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
+    g.add_argument("--limit", type=number(int, 0), default=0, help="train on the first N digits only (0: all)")
+    g = ap.add_argument_group("model")
+    g.add_argument("--D", type=number(int, 1), default=32, help="UNet hidden width (the spec's 128 is ~10x slower)")
+    g = ap.add_argument_group("noise")
+    g.add_argument("--sigma", type=number(float, 0, lo_included=False), default=0.5,
+                   help="noise level of training: z = x + sigma eps")
+    g.add_argument("--pure-noise", action="store_true", help="train on z = eps, no digit in the input (part 1.2.3)")
+    g = ap.add_argument_group("training")
+    g.add_argument("--epochs", type=number(int, 0), default=5, help="passes over the 60,000 training digits")
+    g.add_argument("--batch-size", type=number(int, 1), default=256, help="digits per optimizer step")
+    g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3,
+                   help="Adam learning rate (the spec's 1e-4 is for D = 128)")
+    g = ap.add_argument_group("evaluation")
+    g.add_argument("--n-test", type=number(int, 0), default=0, help="PSNR on the first N test digits (0: all 10,000)")
+    g.add_argument("--eval-only", "--sample-only", dest="eval_only", action="store_true",
+                   help="load ckpt.pt, make the figures and scores, no training")
+    g = ap.add_argument_group("run")
+    g.add_argument("--out-dir", default=None,
+                   help=f"checkpoint, plots and scores go here (default runs/{SCRIPT}, runs/denoise_pure_noise)")
+    g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
+    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
+    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
     args = ap.parse_args(argv)
-    if min(args.epochs, args.limit, args.n_test) < 0 or args.batch_size < 1 or args.lr <= 0:
-        ap.error("--epochs, --limit and --n-test must be >= 0, --batch-size >= 1 and --lr > 0")
-    if args.D < 1 or not args.sigma > 0:
-        ap.error(f"need --D >= 1 and --sigma > 0 (got D={args.D}, sigma={args.sigma})")
-    return args
+    args.out_dir = args.out_dir or ("runs/denoise_pure_noise" if args.pure_noise else f"runs/{SCRIPT}")
+    return args, typed_flags(ap, argv)  # typed: the flags given, which --resume checks against the checkpoint
 
 
-# --- shared: errors, device and seed ---
-def die(msg, code=2):
-    """A user error: one clear line on stderr, no traceback."""
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)
-
-
-def pick_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        die(f"unknown --device {name!r} (use auto, cpu, cuda, cuda:1 or mps)")
-
-
-# --- shared: data ---
-IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
-
-def find_idx_files(data_dir, train):
-    """Paths of the raw IDX image and label files, or None. Accepts torchvision's layout
-    (DIR/MNIST/raw/train-images-idx3-ubyte), a plain folder of the four files, and the Kaggle
-    download (dotted names such as train-images.idx3-ubyte, often inside archive/)."""
-    for folder in ("", "MNIST/raw", "raw", "archive"):
-        for dotted in (False, True):
-            paths = []
-            for name in IDX_NAMES[train]:
-                name = name.replace("-idx", ".idx") if dotted else name
-                path = os.path.join(data_dir, folder, name)
-                if os.path.isdir(path):  # Kaggle also ships a folder of the same name around the file
-                    path = os.path.join(path, name)
-                paths.append(path)
-            if all(os.path.isfile(p) for p in paths):
-                return paths
-    return None
-
-
-def load_mnist(data_dir, train=True):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read by torchvision's IDX readers."""
-    paths = find_idx_files(data_dir, train)
-    if paths is None:  # not on disk: download the way torchvision users expect
-        try:
-            torchvision.datasets.MNIST(data_dir, train=train, download=True)
-        except Exception as e:  # offline, no permission, ...: say where the files go instead
-            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
-                f"Put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, or the Kaggle .idx names) "
-                f"in {data_dir!r} or pass --data-dir")
-        paths = find_idx_files(data_dir, train)
-    try:
-        images, labels = read_image_file(paths[0]), read_label_file(paths[1])
-    except Exception as e:
-        die(f"cannot read MNIST IDX files {paths}: {e}")
-    if images.shape[1:] != (28, 28) or len(images) != len(labels):
-        die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images, labels
-
-
-def to_model_range(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
-    return images_uint8.unsqueeze(1).float().div(255)
-
-
-def to_unit_range(x):
-    """Model output -> [0, 1] for saving and plotting: clamped, since samples can overshoot."""
-    return x.clamp(0, 1)
-
-
-# --- Noise ---------------------------------------------------------------------------------------
+# --- noise ---------------------------------------------------------------------------------------
 def add_noise(x, sigma, eps):
     """z = x + sigma eps: the noisy digit (not clipped). sigma = 0 gives x itself."""
     return x + sigma * eps
 
 
-def one_per_digit(labels):
-    """Index of the first image of each digit 0..9 (digits that do not occur are skipped)."""
-    return torch.tensor([int((labels == k).nonzero()[0]) for k in range(10) if (labels == k).any()])
-
-
-# --- Model -------------------------------------------------------------------------------------
-# The course's building blocks; each keeps the spatial size unless it says otherwise.
+# --- model: the course's building blocks; each keeps the spatial size unless it says otherwise ---
 def Conv(c_in, c_out):       # 3x3 conv, BatchNorm, GELU
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.GELU())
 
@@ -200,8 +146,9 @@ def UpBlock(c_in, c_out):    # UpConv, then a ConvBlock: H -> 2 H
     return nn.Sequential(UpConv(c_in, c_out), ConvBlock(c_out, c_out))
 
 
-class UNet(nn.Module):
-    """D_theta(z): unconditional UNet of CS180 5B part 1, skips by concatenation."""
+class UnconditionalUNet(nn.Module):
+    """D_theta(z): the unconditional UNet of CS180 5B part 1, skips by concatenation (not the DDPM
+    scripts' UNet: no time input, BatchNorm instead of GroupNorm)."""
 
     def __init__(self, D=32):
         super().__init__()
@@ -220,50 +167,20 @@ class UNet(nn.Module):
         return self.out(torch.cat([h, h1], 1))            # (B, 2D, 28, 28) -> (B, 1, 28, 28): x estimate
 
 
-# --- Checkpoints -------------------------------------------------------------------------------
-# Not the DDPM scripts' shared block: that one checks --T, --schedule, --channels; this checks CONFIG_KEYS.
-def save_checkpoint(state, path):
-    """Atomic: write a temp file, then rename over the old one (a kill never leaves half a file)."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# --- training step -------------------------------------------------------------------------------
+def denoise_loss(model, x, sigma, pure_noise):
+    """|| D_theta(z) - x ||^2, the mean over pixels and batch, for digits x (B, 1, 28, 28) in [0, 1]:
+    z = x + sigma eps, or z = eps with pure_noise. A fresh eps every time a batch is drawn."""
+    eps = torch.randn_like(x)
+    z = eps if pure_noise else add_noise(x, sigma, eps)
+    return F.mse_loss(model(z), x)
 
 
-def load_checkpoint(path, args):
-    if not os.path.isfile(path):
-        die(f"no checkpoint at {path}: train first (without --resume / --eval-only)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        script, config = ckpt["script"], ckpt["config"]
-    except Exception as e:
-        die(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it or use another --out-dir")
-    if script != SCRIPT:
-        die(f"{path} was written by {script}.py, not {SCRIPT}.py; use another --out-dir")
-    for k in CONFIG_KEYS:
-        if config.get(k) != getattr(args, k):
-            die(f"{path} was trained with --{k} {config.get(k)}, not {getattr(args, k)}; "
-                f"pass the same value or use another --out-dir")
-    return ckpt
-
-
-def rng_state():
-    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["cpu"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --- Training ----------------------------------------------------------------------------------
-def train_epoch(model, opt, x_all, args, epoch):
-    """One pass over the data in shuffled batches (randperm on the device, no DataLoader), with
-    fresh noise for every batch. Returns the per-step losses; the only host syncs are the
-    progress-bar updates."""
+def train_denoiser_epoch(model, opt, loss_fn, x_all, args, epoch):
+    """One pass over the data in shuffled batches (randperm on the device, no DataLoader); loss_fn(model,
+    x, y) is the loss of a batch (no labels: y is None). Returns the per-step losses. The only host syncs
+    are the progress-bar updates, every SYNC_EVERY steps: a non-finite loss stops the run there, before
+    this epoch's checkpoint. (The DDPM scripts' train_epoch also keeps an EMA; this one has none.)"""
     model.train()
     N, B = len(x_all), args.batch_size
     perm = torch.randperm(N, device=x_all.device)
@@ -271,30 +188,33 @@ def train_epoch(model, opt, x_all, args, epoch):
     bar = tqdm(total=N, desc=f"epoch {epoch}/{args.epochs}", unit="img", unit_scale=True, leave=True)
     for i in range(0, N, B):
         x = x_all[perm[i:i + B]]                               # (B, 1, 28, 28) in [0, 1]
-        z = add_noise(x, args.sigma, torch.randn_like(x))      # a new eps every time a batch is drawn
-        loss = F.mse_loss(model(z), x)                         # || D_theta(z) - x ||^2, mean over pixels
+        loss = loss_fn(model, x, None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.detach())
         bar.update(len(x))
-        if len(losses) % 25 == 0:  # one host sync every 25 steps, not every step
-            bar.set_postfix(loss=f"{torch.stack(losses[-25:]).mean().item():.4f}")
+        if len(losses) % SYNC_EVERY == 0 or i + B >= N:  # one host sync every SYNC_EVERY steps, and at the end
+            stop_if_not_finite(torch.stack(losses), epoch, bar)
+            bar.set_postfix(loss=f"{torch.stack(losses[-SYNC_EVERY:]).mean().item():.4f}")
     bar.close()
     return torch.stack(losses).cpu()
 
 
-def train_flops_per_image(model, device):
-    """FLOPs of one training step (forward + backward) per image, counted by PyTorch on a copy
-    (a training-mode pass would move the BatchNorm running statistics of the real model)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    model = copy.deepcopy(model)
-    with FlopCounterMode(display=False) as fc:
-        model(torch.zeros(8, 1, 28, 28, device=device)).square().mean().backward()
-    return fc.get_total_flops() / 8
+def stop_if_not_finite(losses, epoch, bar):
+    """Stop at the first NaN or infinite loss of this epoch. The checkpoint is written after every epoch,
+    so the one on disk is epoch - 1, the last good one. The progress bar is closed first, so the error is
+    the last line on stderr (not followed by the bar, redrawn at exit)."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        bar.close()
+        step = bad[0].item()
+        kept = f"ckpt.pt still holds epoch {epoch - 1}, the last good one" if epoch > 1 else "no checkpoint was written"
+        die(f"the loss is {losses[step].item()} at epoch {epoch}, step {step + 1}: training stopped; {kept} "
+            f"(a lower --lr may help)")
 
 
-# --- Evaluation --------------------------------------------------------------------------------
+# --- evaluation ----------------------------------------------------------------------------------
 @torch.no_grad()
 def denoise(model, z, batch=500):
     """D_theta(z) clipped to [0, 1], in eval mode (BatchNorm uses its running statistics), on the CPU."""
@@ -320,6 +240,130 @@ def psnr_sweep(model, x, eps, sigmas):
     return rows
 
 
+def rms_distance(x, ref):
+    """Per-image RMS distance over the pixels: sqrt(mean (x - ref)^2), x (N, 1, 28, 28), ref broadcast. (N,)"""
+    return (x - ref).square().flatten(1).mean(1).sqrt()
+
+
+def one_per_digit(labels):
+    """Index of the first image of each digit 0..9 (digits that do not occur are skipped)."""
+    return torch.tensor([int((labels == k).nonzero()[0]) for k in range(10) if (labels == k).any()])
+
+
+def psnr_probe(x_test, eps_test, labels, sigma):
+    """The fixed inputs of the default figures and PSNR: the test digits (N, 1, 28, 28) with one eps each,
+    and one digit of each class to show, noisy at the training sigma and at every sigma of SIGMAS."""
+    show = one_per_digit(labels)
+    x, eps = x_test[show], eps_test[show]                             # (10, 1, 28, 28) each
+    return {"x_test": x_test, "eps_test": eps_test, "x": x, "z": add_noise(x, sigma, eps),
+            "noisy_rows": torch.stack([add_noise(x, s, eps) for s in SIGMAS])}  # (len(SIGMAS), 10, 1, 28, 28)
+
+
+def pure_noise_probe(x_train, gen):
+    """The fixed inputs of --pure-noise: N_PURE noise images z ~ N(0, I), the mean training digit E[x]
+    (1, 1, 28, 28) that the outputs should approach, and the training digits' own distance to it."""
+    mean = x_train.mean(0, keepdim=True)
+    return {"z": torch.randn(N_PURE, 1, 28, 28, generator=gen), "mean": mean,
+            "rms_train": rms_distance(x_train, mean).mean().item()}
+
+
+# --- main ---------------------------------------------------------------------------------------
+def main(argv=None):
+    # setup: flags (the checkpoint's own, to continue it), device, output folder, model and optimizer
+    args, typed = get_args(argv)
+    device = pick_device(args.device)
+    continuing = args.resume or args.eval_only
+    ckpt_path = prepare_out_dir(args.out_dir, continuing)
+    ckpt = load_denoiser_checkpoint(ckpt_path, args, typed) if continuing else None
+    print(vars(args))
+    torch.manual_seed(args.seed)
+    task = "pure noise z = eps" if args.pure_noise else f"sigma {args.sigma}"
+    print(f"device {device}  threads {torch.get_num_threads()}  {task}  D {args.D}")
+    model = UnconditionalUNet(args.D).to(device, memory_format=torch.channels_last)  # channels_last: 1.25x on CPU
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, D = {args.D}")
+    run = restore_denoiser(ckpt, model, opt, device, args.out_dir)
+
+    # fixed inputs of every figure and score, from their own generator: the training RNG stays untouched
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    if args.pure_noise:  # noise images with no digit in them, and the mean training digit
+        x_train = to_model_range(load_mnist(args.data_dir, train=True, limit=args.limit)[0])
+        probe = pure_noise_probe(x_train, gen)
+    else:  # the test digits with one eps each, and ten of them (one per class) at every sigma
+        test_images, test_labels = load_mnist(args.data_dir, train=False)
+        x_test = to_model_range(test_images)                          # (10000, 1, 28, 28) in [0, 1]
+        probe = psnr_probe(x_test, torch.randn(x_test.shape, generator=gen), test_labels, args.sigma)
+        plot_rows([probe["noisy_rows"]], os.path.join(args.out_dir, "noising.png"),
+                  f"{SCRIPT}: z = x + sigma eps, test digits, same eps (clipped)", SIGMA_LABELS)
+
+    # train: one epoch at a time; a figure after the figure epochs; a checkpoint after every good epoch
+    if not args.eval_only and run["epoch"] < args.epochs:
+        images, _ = load_mnist(args.data_dir, train=True, limit=args.limit)
+        x_all = to_model_range(images).to(device)                    # the whole set on the device, (N, 1, 28, 28)
+        loss_fn = lambda model, x, y: denoise_loss(model, x, args.sigma, args.pure_noise)  # noqa: E731  (y is None)
+        flops = train_flops_per_image(copy.deepcopy(model), loss_fn, x_all[:8], None, device)  # a copy: BatchNorm stats
+        print(f"training on {len(x_all)} digits, {flops / 1e9:.3f} GFLOP per image per training step")
+        train_s, first = 0.0, run["epoch"] + 1
+        for epoch in range(first, args.epochs + 1):
+            t0 = time.time()
+            losses = train_denoiser_epoch(model, opt, loss_fn, x_all, args, epoch)
+            train_s += time.time() - t0
+            run.update(epoch=epoch, loss_history=torch.cat([run["loss_history"], losses]))
+            if epoch in (PURE_FIGURE_EPOCHS if args.pure_noise else FIGURE_EPOCHS):
+                plot_epoch(model, probe, args, epoch, f"epoch{epoch:03d}")
+            save_denoiser(run, model, opt, args, device, ckpt_path)
+        report_speed(train_s, args.epochs - first + 1, len(x_all), flops)
+    if run["epoch"]:
+        plot_loss_by_epoch(run["loss_history"], os.path.join(args.out_dir, "loss.png"),
+                           f"{SCRIPT}: training loss ({task}, D = {args.D})", len(run["loss_history"]) // run["epoch"])
+
+    # scores and final figures: the distance to the mean digit (--pure-noise), or PSNR against sigma
+    t0 = time.time()
+    plot_epoch(model, probe, args, run["epoch"], "final")
+    if args.pure_noise:
+        report_pure_noise(model, probe, args, run["epoch"])
+    else:
+        report_psnr(model, probe, args, run["epoch"])
+    print(f"eval: figures and scores in {time.time() - t0:.1f} s")
+    print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
+
+
+# --- reports: scores printed, plotted and saved -----------------------------------------------------
+def report_psnr(model, probe, args, epochs):
+    """ood.png (the ten digits denoised at every sigma), then PSNR against sigma on the first --n-test
+    test digits: printed, psnr.png and psnr.json."""
+    noisy_rows = probe["noisy_rows"]                                   # (len(SIGMAS), 10, 1, 28, 28)
+    plot_rows([noisy_rows, torch.stack([denoise(model, z) for z in noisy_rows])], os.path.join(args.out_dir, "ood.png"),
+              f"{SCRIPT}: trained at sigma = {args.sigma} only, applied at every sigma", SIGMA_LABELS,
+              ["noisy input z (clipped)", "denoised D(z)"])
+    x, eps = probe["x_test"][:args.n_test or None], probe["eps_test"][:args.n_test or None]  # the first --n-test
+    n = len(x)
+    rows = psnr_sweep(model, x, eps, SIGMAS)
+    black = psnr(torch.zeros_like(x), x).mean().item()                # a baseline that needs no model
+    print_psnr(rows, n, args.sigma, black)
+    plot_psnr(rows, os.path.join(args.out_dir, "psnr.png"),
+              f"{SCRIPT}: {n} test digits, trained at sigma = {args.sigma}", args.sigma, black)
+    save_json_atomic({"n_test": n, "sigma_train": args.sigma, "D": args.D, "epochs": epochs,
+                      "definition": "mean over test digits of 10 log10(1 / MSE), MSE over one image's pixels, "
+                                    "denoised clipped to [0, 1], noisy not clipped; null = infinite",
+                      "psnr_all_black": black,
+                      "rows": [{"sigma": s, "psnr_noisy": p if math.isfinite(p) else None, "psnr_denoised": d}
+                               for s, p, d in rows],
+                      "config": vars(args)}, os.path.join(args.out_dir, "psnr.json"))
+
+
+def report_pure_noise(model, probe, args, epochs):
+    """How close D(z) of the N_PURE fixed noise images comes to the mean training digit, next to how far
+    the training digits themselves are from it: printed and pure_noise.json."""
+    rms_out = rms_distance(denoise(model, probe["z"]), probe["mean"]).mean().item()
+    print(f"pure noise: the outputs D(z) of {len(probe['z'])} noise images are {rms_out:.4f} RMS from the mean "
+          f"training digit; the training digits are {probe['rms_train']:.4f} from it (for scale)")
+    save_json_atomic({"n_inputs": len(probe["z"]), "D": args.D, "epochs": epochs,
+                      "definition": "per-image RMS over the 784 pixels, mean over images; outputs clipped to [0, 1]",
+                      "rms_outputs_to_mean_digit": rms_out, "rms_train_digits_to_mean_digit": probe["rms_train"],
+                      "config": vars(args)}, os.path.join(args.out_dir, "pure_noise.json"))
+
+
 def print_psnr(rows, n, sigma_train, black):
     print(f"PSNR on {n} test digits (dB, mean of per-image PSNR; denoised clipped to [0, 1]):")
     print(" sigma   noisy z   denoised    gain")
@@ -329,7 +373,72 @@ def print_psnr(rows, n, sigma_train, black):
     print(f"for scale: an all-black output scores {black:.2f} dB on the same digits")
 
 
-# --- Plots -------------------------------------------------------------------------------------
+# --- checkpoints: the DDPM scripts' block also keeps an EMA and says --sample-only; this one has neither ---
+def load_denoiser_checkpoint(path, args, typed):
+    """Read ckpt.pt for --resume or --eval-only. Every training flag the user gave must equal the
+    checkpoint's (else a one-line error naming the flag); flags not given take the checkpoint's values,
+    so the run continues exactly. --epochs may grow."""
+    if not os.path.isfile(path):
+        die(f"no checkpoint at {path}: train first (without --resume / --eval-only)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        stored, config = ckpt["script"], ckpt["config"]
+    except Exception as e:
+        die(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it or use another --out-dir")
+    if stored != SCRIPT:
+        die(f"{path} was written by {stored}.py, not {SCRIPT}.py; use another --out-dir")
+    for k in TRAIN_KEYS:
+        if k in typed and k in config and getattr(args, k) != config[k]:
+            flag = "--" + k.replace("_", "-")
+            die(f"{path} was trained with {flag} {config[k]}, you gave {flag} {getattr(args, k)}: "
+                f"drop the flag to continue that run, or use another --out-dir")
+        setattr(args, k, config.get(k, getattr(args, k)))
+    if "epochs" not in typed:
+        args.epochs = max(config["epochs"], ckpt["epoch"])
+    return ckpt
+
+
+def restore_denoiser(ckpt, model, opt, device, out_dir):
+    """The run's state: epochs done and loss history, with the weights (and BatchNorm statistics), the
+    optimizer and the RNG put back from the checkpoint (or a fresh run if ckpt is None)."""
+    run = {"epoch": 0, "loss_history": torch.zeros(0)}
+    if ckpt is None:
+        return run
+    try:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        die(f"the checkpoint in {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
+    set_rng_state(ckpt["rng"], device)
+    run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
+    print(f"loaded {out_dir}/ckpt.pt: {run['epoch']} epochs done")
+    return run
+
+
+def save_denoiser(run, model, opt, args, device, path):
+    """The checkpoint: weights, optimizer, RNG, loss history and the flags that made them."""
+    save_atomic({"script": SCRIPT, "config": vars(args), "epoch": run["epoch"], "model": model.state_dict(),
+                 "opt": opt.state_dict(), "loss_history": run["loss_history"], "rng": rng_state(device)}, path)
+
+
+# --- plots -------------------------------------------------------------------------------------
+def plot_epoch(model, probe, args, epoch, name):
+    """The model's outputs on the fixed inputs after an epoch: rows clean, noisy, denoised (denoised_NAME.png),
+    or with --pure-noise rows noise z, D(z), the mean training digit (pure_noise_NAME.png)."""
+    if args.pure_noise:
+        z = probe["z"][:10]                                              # the first ten noise images
+        out = denoise(model, z)
+        rms = rms_distance(denoise(model, probe["z"]), probe["mean"]).mean().item()
+        plot_rows([torch.stack([z, out, probe["mean"].expand_as(out)])],
+                  os.path.join(args.out_dir, f"pure_noise_{name}.png"),
+                  f"{SCRIPT} --pure-noise, after epoch {epoch}: D(z) is {rms:.3f} RMS from the mean digit "
+                  f"(the digits: {probe['rms_train']:.3f})", ["noise z", "D(z)", "mean digit"])
+    else:
+        plot_rows([torch.stack([probe["x"], probe["z"], denoise(model, probe["z"])])],
+                  os.path.join(args.out_dir, f"denoised_{name}.png"),
+                  f"{SCRIPT}: test digits at sigma = {args.sigma}, after epoch {epoch}", ["clean", "noisy", "denoised"])
+
+
 def plot_rows(panels, path, title, row_labels, panel_titles=None):
     """Side-by-side panels, each (rows, ncol, 1, 28, 28) in [0, 1], drawn as a grid with labelled rows."""
     rows, ncol = panels[0].shape[:2]
@@ -337,7 +446,7 @@ def plot_rows(panels, path, title, row_labels, panel_titles=None):
                              squeeze=False)
     for j, (ax, p) in enumerate(zip(axes[0], panels)):
         grid = torchvision.utils.make_grid(p.flatten(0, 1).float().clamp(0, 1), nrow=ncol, padding=2, pad_value=1.0)
-        ax.imshow(grid[0], cmap="gray", vmin=0, vmax=1)
+        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([30 * r + 15 for r in range(rows)])
         ax.set_yticklabels(row_labels if j == 0 else [], fontsize=8)
@@ -348,7 +457,7 @@ def plot_rows(panels, path, title, row_labels, panel_titles=None):
     plt.close(fig)
 
 
-def plot_loss(losses, path, title, steps_per_epoch):
+def plot_loss_by_epoch(losses, path, title, steps_per_epoch):
     """Per-step loss (light), its moving average (dark) and epoch boundaries (dotted), log scale."""
     k = max(1, len(losses) // 100)
     smooth = losses.unfold(0, k, 1).mean(1)
@@ -385,90 +494,212 @@ def plot_psnr(rows, path, title, sigma_train, black):
     plt.close(fig)
 
 
-# --- main ---------------------------------------------------------------------------------------
-def main(argv=None):
-    args = get_args(argv)
-    print(vars(args))
-    torch.manual_seed(args.seed)
-    device = pick_device(args.device)
-    os.makedirs(args.out_dir, exist_ok=True)
-    out = lambda name: os.path.join(args.out_dir, name)  # noqa: E731
-    ckpt_path = out("ckpt.pt")
-    if os.path.exists(ckpt_path) and not (args.resume or args.eval_only):
-        die(f"{ckpt_path} exists: pass --resume to continue it, --eval-only to evaluate it, or another --out-dir")
-    print(f"device {device}  threads {torch.get_num_threads()}  sigma {args.sigma}  D {args.D}")
+# =================================================================================================
+# Plumbing: identical in every script, skip on a first read. Flag checks, errors, device, MNIST
+# files, checkpoints and resume, RNG state, the training loop's bookkeeping, plots.
+# =================================================================================================
+# --- shared: flag types ---
+def number(kind, lo, hi=math.inf, lo_included=True):
+    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included). "--lr nan",
+    "--epochs -1" or "--guidance inf" stop the parser with one line that names the flag."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if not math.isfinite(value) or value < lo or (value == lo and not lo_included) or value >= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
+        return value
+    return parse
 
-    model = UNet(args.D).to(device, memory_format=torch.channels_last)  # channels_last: 1.25x on CPU
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, D = {args.D}")
-    start_epoch, loss_history = 1, torch.zeros(0)
-    if args.resume or args.eval_only:
-        ckpt = load_checkpoint(ckpt_path, args)
-        model.load_state_dict(ckpt["model"]), opt.load_state_dict(ckpt["opt"])
-        start_epoch, loss_history = ckpt["epoch"] + 1, ckpt["loss_history"]
-        set_rng_state(ckpt["rng"])
-        print(f"loaded {ckpt_path}: {ckpt['epoch']} epochs done")
 
-    # fixed test digits and noise for every figure and the PSNR (own generator: training RNG untouched)
-    test_images, test_labels = load_mnist(args.data_dir, train=False)
-    x_test = to_model_range(test_images)                              # (10000, 1, 28, 28) in [0, 1]
-    eps_test = torch.randn(x_test.shape, generator=torch.Generator().manual_seed(args.seed + 1))
-    show = one_per_digit(test_labels)                                   # one test digit of each class
-    x_show, eps_show = x_test[show], eps_test[show]
-    noisy_rows = torch.stack([add_noise(x_show, s, eps_show) for s in SIGMAS])   # (len(SIGMAS), 10, 1, 28, 28)
-    sigma_labels = [f"sigma={s}" for s in SIGMAS]
-    plot_rows([noisy_rows], out("noising.png"), f"{SCRIPT}: z = x + sigma eps, test digits, same eps (clipped)",
-              sigma_labels)
+# --- shared: typed flags ---
+def typed_flags(ap, argv):
+    """The flags the user gave (their dests), whether or not the value equals the default."""
+    defaults = {a.dest: a.default for a in ap._actions}
+    for a in ap._actions:
+        a.default = argparse.SUPPRESS  # a flag that was not given then leaves no attribute
+    try:
+        return set(vars(ap.parse_args(argv)))
+    finally:
+        for a in ap._actions:
+            a.default = defaults[a.dest]
 
-    z_show = add_noise(x_show, args.sigma, eps_show)                    # the noisy digits of figure 3
-    fig3_rows = ["clean", "noisy", "denoised"]
-    fig3_title = f"{SCRIPT}: test digits at sigma = {args.sigma}, after epoch"
 
-    train_s, n_img, epochs_done = 0.0, 0, start_epoch - 1
-    if not args.eval_only and start_epoch <= args.epochs:
-        images, _ = load_mnist(args.data_dir, train=True)
-        images = images[:args.limit] if args.limit else images
-        x_all = to_model_range(images).to(device)                     # whole set on the device, (N, 1, 28, 28)
-        flops = train_flops_per_image(model, device)
-        print(f"training on {len(x_all)} digits, {flops / 1e9:.3f} GFLOP per image per training step")
-        for epoch in range(start_epoch, args.epochs + 1):
-            t0 = time.time()
-            loss_history = torch.cat([loss_history, train_epoch(model, opt, x_all, args, epoch)])
-            train_s, n_img = train_s + time.time() - t0, n_img + len(x_all)
-            epochs_done = epoch
-            if epoch == 1:
-                plot_rows([torch.stack([x_show, z_show, denoise(model, z_show)])], out("denoised_epoch001.png"),
-                          f"{fig3_title} 1", fig3_rows)
-            save_checkpoint({"script": SCRIPT, "config": vars(args), "epoch": epoch, "model": model.state_dict(),
-                             "opt": opt.state_dict(), "loss_history": loss_history, "rng": rng_state()}, ckpt_path)
-        print(f"train: {train_s / max(1, args.epochs - start_epoch + 1):.1f} s/epoch, "
-              f"{n_img / train_s:.0f} img/s, {n_img / train_s * flops / 1e9:.0f} GFLOP/s")
-    if epochs_done:
-        plot_loss(loss_history, out("loss.png"), f"{SCRIPT}: training loss (sigma = {args.sigma}, D = {args.D})",
-                  len(loss_history) // epochs_done)
+# --- shared: errors ---
+def die(msg, code=2):
+    """A user error: one clear line on stderr, no traceback."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
 
-    # after training: the same digits again, at sigma and at every sigma of the sweep; PSNR on the test set
-    t0 = time.time()
-    plot_rows([torch.stack([x_show, z_show, denoise(model, z_show)])], out("denoised_final.png"),
-              f"{fig3_title} {epochs_done}", fig3_rows)
-    plot_rows([noisy_rows, torch.stack([denoise(model, z) for z in noisy_rows])], out("ood.png"),
-              f"{SCRIPT}: trained at sigma = {args.sigma} only, applied at every sigma", sigma_labels,
-              ["noisy input z (clipped)", "denoised D(z)"])
-    n = args.n_test or len(x_test)
-    rows = psnr_sweep(model, x_test[:n], eps_test[:n], SIGMAS)
-    black = psnr(torch.zeros_like(x_test[:n]), x_test[:n]).mean().item()  # a baseline that needs no model
-    print_psnr(rows, n, args.sigma, black)
-    plot_psnr(rows, out("psnr.png"), f"{SCRIPT}: {n} test digits, trained at sigma = {args.sigma}", args.sigma, black)
-    with open(out("psnr.json"), "w") as f:
-        json.dump({"n_test": n, "sigma_train": args.sigma, "D": args.D, "epochs": epochs_done,
-                   "definition": "mean over test digits of 10 log10(1 / MSE), MSE over one image's pixels, "
-                                 "denoised clipped to [0, 1], noisy not clipped; null = infinite",
-                   "psnr_all_black": black,
-                   "rows": [{"sigma": s, "psnr_noisy": p if math.isfinite(p) else None, "psnr_denoised": d}
-                            for s, p, d in rows]}, f, indent=1)
-    print(f"eval: figures and PSNR at {len(SIGMAS)} sigmas on {n} digits in {time.time() - t0:.1f} s")
-    print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
+
+# --- shared: device ---
+def pick_device(name):
+    """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        die(f"unknown --device {name!r} (use auto, cpu, cuda, cuda:1 or mps)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        die(f"--device {name}: this script runs on cpu, cuda or mps")
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        die(f"--device {name}: this machine has no such CUDA GPU (use --device auto or cpu)")
+    if device.type == "mps" and not mps:
+        die(f"--device {name}: Apple's mps is not available here (use --device auto or cpu)")
+    return device
+
+
+# --- shared: data ---
+IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def find_idx_files(data_dir, train):
+    """Paths of the raw IDX image and label files, or None. Accepts torchvision's layout
+    (DIR/MNIST/raw/train-images-idx3-ubyte), a plain folder of the four files, and the Kaggle
+    download (dotted names such as train-images.idx3-ubyte, often inside archive/)."""
+    for folder in ("", "MNIST/raw", "raw", "archive"):
+        for dotted in (False, True):
+            paths = []
+            for name in IDX_NAMES[train]:
+                name = name.replace("-idx", ".idx") if dotted else name
+                path = os.path.join(data_dir, folder, name)
+                if os.path.isdir(path):  # Kaggle also ships a folder of the same name around the file
+                    path = os.path.join(path, name)
+                paths.append(path)
+            if all(os.path.isfile(p) for p in paths):
+                return paths
+    return None
+
+
+def load_mnist(data_dir, train=True, limit=0):
+    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read by torchvision's IDX readers;
+    the first `limit` digits only if limit > 0."""
+    paths = find_idx_files(data_dir, train)
+    if paths is None:  # not on disk: download the way torchvision users expect
+        try:
+            torchvision.datasets.MNIST(data_dir, train=train, download=True)
+        except Exception as e:  # offline, no permission, ...: say where the files go instead
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
+                f"Put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, or the Kaggle .idx names) "
+                f"in {data_dir!r} or pass --data-dir")
+        paths = find_idx_files(data_dir, train)
+    try:
+        images, labels = read_image_file(paths[0]), read_label_file(paths[1])
+    except Exception as e:
+        die(f"cannot read MNIST IDX files {paths}: {e}")
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
+    return (images[:limit], labels[:limit]) if limit else (images, labels)
+
+
+def to_model_range(images_uint8):
+    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
+    return images_uint8.unsqueeze(1).float().div(255)
+
+
+# --- shared: atomic save ---
+def save_atomic(obj, path):
+    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk
+    leaves the previous file whole (never half a new one), and the next step reads either."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, folder gone or read-only, ...
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
+
+
+# --- shared: atomic JSON ---
+def save_json_atomic(obj, path):
+    """save_atomic for JSON (results you read or plot later): temp file, flush, fsync, rename over path."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, folder gone or read-only, ...
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
+
+
+# --- shared: out dir ---
+def prepare_out_dir(out_dir, continuing):
+    """Create --out-dir and check it takes files; returns the checkpoint path. A finished run in it is
+    never overwritten by accident: it needs --resume or --sample-only."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        die(f"cannot write to --out-dir {out_dir!r} ({e.strerror or e})")
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if os.path.exists(ckpt_path) and not continuing:
+        die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, or another --out-dir")
+    return ckpt_path
+
+
+# --- shared: RNG state ---
+def rng_state(device):
+    """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "mps" and state.get("mps") is not None:
+        torch.mps.set_rng_state(state["mps"])
+
+
+# --- shared: speed ---
+def train_flops_per_image(model, loss_fn, x, y, device):
+    """FLOPs of one training step (forward + backward) per image, counted by PyTorch on a small batch.
+    The RNG is put back, so counting changes nothing in the run."""
+    from torch.utils.flop_counter import FlopCounterMode
+    state = rng_state(device)
+    with FlopCounterMode(display=False) as fc:
+        loss_fn(model, x, y).backward()
+    model.zero_grad(set_to_none=True)
+    set_rng_state(state, device)
+    return fc.get_total_flops() / len(x)
+
+
+def report_speed(seconds, n_epochs, n_images, flops):
+    print(f"train: {seconds / max(1, n_epochs):.1f} s/epoch, {n_epochs * n_images / seconds:.0f} img/s, "
+          f"{n_epochs * n_images / seconds * flops / 1e9:.0f} GFLOP/s")
+
+
+# --- shared: entry point ---
+def run_main(main):
+    """Ctrl-C is one line too. Every file on disk is whole (written atomically); a training run's
+    checkpoint holds its last finished epoch."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        die("interrupted (Ctrl-C); files already written are whole, and a training run continues "
+            "from its last finished epoch with --resume", 130)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,20 +1,23 @@
 r"""Numbers for generated MNIST digits: accuracy, mode collapse, confidence, FID and KID.
 
-Scores the samples.pt files that ddpm_time.py and ddpm_class.py write (one row per file) next to
-a floor row of real training digits, in the eyes of a small CNN classifier trained here once.
+Scores the samples.pt files that the DDPM scripts (ddpm_time.py, ddpm_class.py) and the flow-matching
+scripts write with --n-samples (one row per file) next to a floor row of real training digits, in the
+eyes of a small CNN classifier trained here once. FID: Heusel et al. 2017, https://arxiv.org/abs/1706.08500;
+KID: Binkowski et al. 2018, https://arxiv.org/abs/1801.01401.
 
     python evaluate.py runs/ddpm_class/samples.pt                    # table; first run trains the classifier
-    python evaluate.py runs/ddpm_time/samples.pt runs/ddpm_class/samples.pt --data-dir ../shared/mnist
-    python evaluate.py runs/ddpm_class/samples.pt --json             # one JSON object on stdout, for scripts
+    python evaluate.py runs/ddpm_class                               # a run folder: its samples.pt
+    python evaluate.py runs/ddpm_time runs/ddpm_class --data-dir ~/mnist   # two rows, MNIST already on disk
+    python evaluate.py runs/ddpm_class --json                        # one JSON object on stdout, for scripts
     python evaluate.py a.pt --n-real 5000 --classifier /tmp/clf.pt   # floor of 5000 digits, cache elsewhere
 
 The classifier: (conv3x3 -> BatchNorm -> ReLU -> max-pool) twice (28 -> 14 -> 7), a 128-d feature
 layer, 10 logits. The first run trains it with Adam and a one-cycle LR on random +-2 px shifts of
 the training digits: 4 epochs, about 3 minutes on one CPU core, 99.4 % test accuracy (a warning
 below 99 %). Weights, test accuracy and an arch tag go to DATA_DIR/mnist_classifier.pt (or
---classifier PATH) and later runs load them. A cache that does not load or has another arch tag is
-an error, not silently retrained: every score you compare depends on it, so replacing it is your
-decision (delete the file). The test accuracy is measured again and printed on every run.
+--classifier PATH, written atomically) and later runs load them. A cache that does not load or has
+another arch tag is an error, not silently retrained: every score you compare depends on it, so
+replacing it is your decision (delete the file). The test accuracy is measured again on every run.
 
 Metrics, each on all N samples of a file:
     acc       fraction classified as the requested label y (only if the file has y); also per digit
@@ -33,15 +36,24 @@ Metrics, each on all N samples of a file:
     real (train, N)   the same metrics for N random training digits (N of the first file, at most
               10,000, or --n-real): what a perfect generator would score. Read every number next
               to this floor: FID 2.0 is excellent if the floor is 1.5, poor if the floor is 0.1.
-Pixels: samples.pt holds {"x": (N, 1, 28, 28) float in [0, 1], "y": (N,) int64 in 0..9 or None}.
-    The classifier sees [0, 1] as well, like the DDPM models: MNIST uint8 p becomes p / 255
+Conventions:
+    samples.pt holds {"x": (N, 1, 28, 28) float in [0, 1], "y": (N,) int64 in 0..9 or None}, and from
+    the generating scripts also "config" (the flags that made it: its sampler and steps are printed)
+    and "epoch". A run folder stands for FOLDER/samples.pt.
+    pixels: the classifier sees [0, 1] as well, like the generating models: MNIST uint8 p becomes p / 255
     (to_model_range, from the shared data block).
-Bad input (missing file, not a samples dict, wrong shape or range, bad labels, no MNIST data):
+    Bad input (missing file, not a samples dict, wrong shape or range, bad labels, no MNIST data):
     one line on stderr and exit code 2.
+Writes: the table (or --json) on stdout, and the classifier cache on its first run.
+What you can delete for an assignment: the checks in load_samples and load_classifier keep a wrong file
+    from giving quiet nonsense, not the metrics; without --json drop the redirect of stdout; with a
+    classifier trained every run (~3 min) drop the cache; with the four IDX files in one folder drop the
+    Kaggle layouts in find_idx_files.
 """
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -58,137 +70,33 @@ MAX_REAL = 10_000                      # the floor row uses at most this many tr
 KID_SUBSETS, KID_SIZE = 10, 1000       # KID: mean over 10 subsets of min(1000, N) features
 CONF = 0.9                             # "confident": top softmax probability above this
 RANGE_TOL = 1e-3                       # pixels may stray this far outside [0, 1] (float rounding)
+MIN_ACC = 0.99                         # a classifier below this test accuracy gets a warning
 
 
-# --- Config ------------------------------------------------------------------------------------
+# --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Score samples.pt files of generated MNIST digits")
-    ap.add_argument("files", nargs="+", help="samples.pt files: {'x': (N,1,28,28) in [0,1], 'y': (N,) or None}")
-    ap.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
-    ap.add_argument("--n-real", type=int, default=0,
-                    help=f"training digits in the floor row (0: N of the first file, at most {MAX_REAL})")
-    ap.add_argument("--classifier", default="", help="classifier cache (default: DATA_DIR/mnist_classifier.pt)")
-    ap.add_argument("--clf-epochs", type=int, default=4, help="epochs, when the classifier is trained")
-    ap.add_argument("--clf-limit", type=int, default=0, help="train the classifier on the first N digits (0: all)")
-    ap.add_argument("--seed", type=int, default=0, help="same seed, same numbers (training, floor digits, KID)")
-    ap.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or e.g. cpu")
-    args = ap.parse_args(argv)
-    if min(args.n_real, args.clf_limit) < 0 or args.clf_epochs < 1:
-        ap.error("--n-real and --clf-limit must be >= 0 and --clf-epochs >= 1")
-    return args
+    ap.add_argument("files", nargs="+", help="samples.pt files ({'x': (N,1,28,28) in [0,1], 'y': (N,) or None}) "
+                                             "or run folders holding one")
+    g = ap.add_argument_group("data")
+    g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
+    g.add_argument("--n-real", type=number(int, 0), default=0,
+                   help=f"training digits in the floor row (0: N of the first file, at most {MAX_REAL})")
+    g = ap.add_argument_group("classifier")
+    g.add_argument("--classifier", default="", help="classifier cache (default: DATA_DIR/mnist_classifier.pt)")
+    g.add_argument("--clf-epochs", type=number(int, 1), default=4, help="epochs, when the classifier is trained")
+    g.add_argument("--clf-limit", type=number(int, 0), default=0,
+                   help="train the classifier on the first N digits (0: all)")
+    g = ap.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
+    g = ap.add_argument_group("run")
+    g.add_argument("--seed", type=number(int, 0), default=0,
+                   help="same seed, same numbers (training, floor digits, KID)")
+    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
+    return ap.parse_args(argv)
 
 
-# --- shared: errors, device and seed ---
-def die(msg, code=2):
-    """A user error: one clear line on stderr, no traceback."""
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)
-
-
-def pick_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        die(f"unknown --device {name!r} (use auto, cpu, cuda, cuda:1 or mps)")
-
-
-# --- shared: data ---
-IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
-
-def find_idx_files(data_dir, train):
-    """Paths of the raw IDX image and label files, or None. Accepts torchvision's layout
-    (DIR/MNIST/raw/train-images-idx3-ubyte), a plain folder of the four files, and the Kaggle
-    download (dotted names such as train-images.idx3-ubyte, often inside archive/)."""
-    for folder in ("", "MNIST/raw", "raw", "archive"):
-        for dotted in (False, True):
-            paths = []
-            for name in IDX_NAMES[train]:
-                name = name.replace("-idx", ".idx") if dotted else name
-                path = os.path.join(data_dir, folder, name)
-                if os.path.isdir(path):  # Kaggle also ships a folder of the same name around the file
-                    path = os.path.join(path, name)
-                paths.append(path)
-            if all(os.path.isfile(p) for p in paths):
-                return paths
-    return None
-
-
-def load_mnist(data_dir, train=True):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read by torchvision's IDX readers."""
-    paths = find_idx_files(data_dir, train)
-    if paths is None:  # not on disk: download the way torchvision users expect
-        try:
-            torchvision.datasets.MNIST(data_dir, train=train, download=True)
-        except Exception as e:  # offline, no permission, ...: say where the files go instead
-            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
-                f"Put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, or the Kaggle .idx names) "
-                f"in {data_dir!r} or pass --data-dir")
-        paths = find_idx_files(data_dir, train)
-    try:
-        images, labels = read_image_file(paths[0]), read_label_file(paths[1])
-    except Exception as e:
-        die(f"cannot read MNIST IDX files {paths}: {e}")
-    if images.shape[1:] != (28, 28) or len(images) != len(labels):
-        die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images, labels
-
-
-def to_model_range(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
-    return images_uint8.unsqueeze(1).float().div(255)
-
-
-def to_unit_range(x):
-    """Model output -> [0, 1] for saving and plotting: clamped, since samples can overshoot."""
-    return x.clamp(0, 1)
-
-
-# --- Inputs: MNIST pixels and samples files ----------------------------------------------------
-def describe(v):
-    return f"{v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
-
-
-def load_samples(path):
-    """Read and check one samples.pt; return x (N, 1, 28, 28) float in [0, 1] and y (N,) int64 or None."""
-    if not os.path.isfile(path):
-        die(f"{path}: no such file")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        die(f"{path} is not a file written by torch.save ({type(e).__name__}); expected a samples.pt")
-    if not isinstance(d, dict) or not isinstance(d.get("x"), torch.Tensor):
-        die(f"{path} is not a samples file: expected {{'x': tensor, 'y': tensor or None}} as the DDPM "
-            f"scripts write with --n-samples, got {describe(d)}" + (f" with keys {list(d)}" if isinstance(d, dict) else ""))
-    x, y = d["x"], d.get("y")
-    if x.dim() != 4 or x.shape[1:] != (1, 28, 28) or len(x) < 2:
-        die(f"{path}: x is a {describe(x)}, expected (N, 1, 28, 28) with N >= 2")
-    if not x.is_floating_point():
-        die(f"{path}: x is a {describe(x)}, expected floats in [0, 1] (from uint8, save x.float() / 255)")
-    x = x.float()
-    lo, hi = x.min().item(), x.max().item()  # NaN fails both comparisons below, so test it apart
-    if not x.isfinite().all() or lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
-        hint = " (looks like [-1, 1]: save (x + 1) / 2)" if lo < -0.5 else " (0..255? save x / 255)" if hi > 2 else ""
-        die(f"{path}: x ranges over [{lo:.3g}, {hi:.3g}], expected [0, 1]{hint}")
-    if y is not None:
-        if not isinstance(y, torch.Tensor) or y.shape != (len(x),) or y.is_floating_point() or y.dtype == torch.bool:
-            die(f"{path}: y is a {describe(y)}, expected None or an integer tensor of shape ({len(x)},)")
-        if y.min() < 0 or y.max() > 9:
-            die(f"{path}: y holds labels {y.min().item()}..{y.max().item()}, expected digits 0..9")
-        y = y.long()
-    return x.clamp(0, 1), y
-
-
-# --- Classifier ---------------------------------------------------------------------------------
+# --- classifier ---------------------------------------------------------------------------------
 def conv_block(c_in, c_out):
     """conv3x3 -> BatchNorm -> ReLU -> 2x2 max-pool: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
@@ -248,34 +156,7 @@ def classify(model, x01, device, batch_size=1000):
     return torch.cat(logits).cpu(), torch.cat(feats).cpu().double()
 
 
-def save_atomic(obj, path):
-    """Write a temp file, then rename over `path`: a killed run never leaves half a cache."""
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_classifier(path):
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
-        arch = cache["arch"]
-    except Exception as e:
-        die(f"{path} is not a readable classifier cache ({type(e).__name__}); delete it to retrain, "
-            f"or pass another --classifier")
-    if arch != ARCH:
-        die(f"{path} holds a {arch!r} classifier, this evaluate.py needs {ARCH!r}; delete it to retrain "
-            f"(scores from the two are not comparable)")
-    model = Classifier()
-    try:
-        model.load_state_dict(cache["model"])
-    except Exception as e:
-        die(f"{path}: the weights do not fit the classifier ({type(e).__name__}); delete it to retrain")
-    print(f"classifier: loaded {path} (trained {cache['epochs']} epochs on {cache['n_train']} digits, "
-          f"test accuracy then {cache['test_acc']:.2%})")
-    return model.eval()
-
-
-# --- Metrics ------------------------------------------------------------------------------------
+# --- metrics ------------------------------------------------------------------------------------
 def class_metrics(logits, y):
     """Histogram of predicted digits, its KL from uniform, confident fraction, accuracy vs y."""
     prob = logits.double().softmax(1)
@@ -335,7 +216,177 @@ def score(model, x01, y, ref, device, seed):
     return m
 
 
-# --- Output -------------------------------------------------------------------------------------
+# --- main ---------------------------------------------------------------------------------------
+def main(argv=None):
+    args = get_args(argv)
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):  # --json: stdout holds the JSON only
+        # setup: every samples file is checked before anything is trained (a bad one fails in a second)
+        print(vars(args))
+        torch.manual_seed(args.seed)
+        device = pick_device(args.device)
+        samples = {path: load_samples(path) for path in map(samples_path, args.files)}
+        images, labels = load_mnist(args.data_dir, train=True)
+        x_train, y_train = to_model_range(images), labels
+        images, labels = load_mnist(args.data_dir, train=False)
+        x_test, y_test = to_model_range(images), labels
+
+        # classifier: the cached one, or one trained now (and cached); its test accuracy is measured every run
+        path = args.classifier or os.path.join(args.data_dir, "mnist_classifier.pt")
+        model, n_trained = get_classifier(path, args, x_train, y_train, device)
+        test_logits, test_feats = classify(model, x_test, device)  # the test set is also the FID/KID reference
+        test_acc = (test_logits.argmax(1) == y_test).double().mean().item()
+        print(f"classifier: test accuracy {test_acc:.2%} on {len(x_test)} test digits")
+        if test_acc < MIN_ACC:
+            print(f"warning: classifier test accuracy {test_acc:.2%} is below {100 * MIN_ACC:g} %; scores mean less",
+                  file=sys.stderr)
+        if n_trained:
+            save_classifier(model, path, test_acc, n_trained, args)
+
+        # scores: each file, then the floor: random training digits, as many as the first file holds
+        mu, cov = gaussian_stats(test_feats)
+        ref = {"feats": test_feats, "mu": mu, "cov": cov}
+        rows = {p: score(model, x, y, ref, device, args.seed) for p, (x, y) in samples.items()}
+        n_real = min(args.n_real or min(len(next(iter(samples.values()))[0]), MAX_REAL), len(x_train))
+        idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:n_real]
+        real = score(model, x_train[idx], y_train[idx], ref, device, args.seed)
+
+    # output: one JSON object, or the table
+    if args.json:
+        print(json.dumps({"classifier": {"path": path, "trained_now": bool(n_trained), "test_acc": test_acc},
+                          "n_ref": len(x_test), "files": rows, "real": real}, indent=1))
+    else:
+        print(f"\nFID and KID against the {len(x_test)} test digits; lower is better, the real row is the floor.")
+        print_table({**rows, f"real (train, {real['n']})": real})
+
+
+# --- inputs: samples files -----------------------------------------------------------------------
+def samples_path(arg):
+    """A samples.pt file as given, or the samples.pt inside a run folder."""
+    if not os.path.isdir(arg):
+        return arg
+    path = os.path.join(arg, "samples.pt")
+    if not os.path.isfile(path):
+        die(f"{arg} is a folder without samples.pt: make one with `python ddpm_class.py --sample-only --sampler ddim "
+            f"--n-samples 1000 --out-dir {arg}` (or the script that trained that run: ddpm_time.py, ...)")
+    return path
+
+
+def describe_value(v):
+    return f"{v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+
+
+def load_samples(path):
+    """Read and check one samples.pt; return x (N, 1, 28, 28) float in [0, 1] and y (N,) int64 or None."""
+    if not os.path.isfile(path):
+        die(f"{path}: no such file")
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        die(f"{path} is not a file written by torch.save ({type(e).__name__}); expected a samples.pt")
+    if not isinstance(d, dict) or not isinstance(d.get("x"), torch.Tensor):
+        keys = f" with keys {list(d)}" if isinstance(d, dict) else ""
+        die(f"{path} is not a samples file: expected {{'x': tensor, 'y': tensor or None}} as the generating "
+            f"scripts write with --n-samples, got {describe_value(d)}{keys}")
+    x, y = d["x"], d.get("y")
+    if x.dim() != 4 or x.shape[1:] != (1, 28, 28) or len(x) < 2:
+        die(f"{path}: x is a {describe_value(x)}, expected (N, 1, 28, 28) with N >= 2")
+    if not x.is_floating_point():
+        die(f"{path}: x is a {describe_value(x)}, expected floats in [0, 1] (from uint8, save x.float() / 255)")
+    x = x.float()
+    lo, hi = x.min().item(), x.max().item()  # NaN fails both comparisons below, so test it apart
+    if not x.isfinite().all() or lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
+        hint = " (looks like [-1, 1]: save (x + 1) / 2)" if lo < -0.5 else " (0..255? save x / 255)" if hi > 2 else ""
+        die(f"{path}: x ranges over [{lo:.3g}, {hi:.3g}], expected [0, 1]{hint}")
+    if y is not None:
+        if not isinstance(y, torch.Tensor) or y.shape != (len(x),) or y.is_floating_point() or y.dtype == torch.bool:
+            die(f"{path}: y is a {describe_value(y)}, expected None or an integer tensor of shape ({len(x)},)")
+        if y.min() < 0 or y.max() > 9:
+            die(f"{path}: y holds labels {y.min().item()}..{y.max().item()}, expected digits 0..9")
+        y = y.long()
+    print(f"samples: {path}: {len(x)} digits{'' if y is None else ' with labels'}{made_by(d)}")
+    return x.clamp(0, 1), y
+
+
+def made_by(d):
+    """What produced a samples file, from the "config" and "epoch" the generating scripts store: e.g.
+    " (sampler ddim, 50 steps, w=5.0, epoch 20)", or "" for a file without them."""
+    config = d.get("config") if isinstance(d.get("config"), dict) else {}
+    parts = [f"sampler {config['sampler']}"] if "sampler" in config else []
+    steps = config.get("steps") or config.get("T")  # DDPM runs every one of the T steps (steps is None)
+    parts += [f"{steps} steps"] if steps else []
+    parts += [f"w={config['guidance']}"] if "guidance" in config else []
+    parts += [f"epoch {d['epoch']}"] if "epoch" in d else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+# --- classifier cache ----------------------------------------------------------------------------
+def get_classifier(path, args, x_train, y_train, device):
+    """The cached classifier, or a new one trained now; returns it and the digits it was trained on
+    (None when loaded: nothing to cache)."""
+    if os.path.exists(path):
+        return load_classifier(path).to(device), None
+    n = min(args.clf_limit or len(x_train), len(x_train))
+    print(f"classifier: no cache at {path}, training {args.clf_epochs} epochs on {n} digits on {device}")
+    t0 = time.time()
+    try:
+        model = train_classifier(x_train[:n], y_train[:n], args.clf_epochs, device)
+    except KeyboardInterrupt:  # (run_main's message speaks of checkpoints: this script has none)
+        die("interrupted while training the classifier: nothing was cached, the next run trains it again", 130)
+    print(f"classifier: trained in {time.time() - t0:.0f} s")
+    return model, n
+
+
+def save_classifier(model, path, test_acc, n_train, args):
+    """Cache the weights with what they are: arch tag, test accuracy, training size and epochs."""
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        write_cache_atomic({"arch": ARCH, "model": state, "test_acc": test_acc, "n_train": n_train,
+                            "epochs": args.clf_epochs, "seed": args.seed}, path)
+        print(f"classifier: cached in {path}")
+    except OSError as e:  # e.g. a read-only data folder: the scores are still right, just not cached
+        print(f"warning: cannot write {path} ({e.strerror}); pass --classifier PATH to cache it", file=sys.stderr)
+
+
+def write_cache_atomic(obj, path):
+    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk leaves the
+    previous cache whole. Raises OSError (the caller warns and goes on: the scores do not need the cache),
+    where the shared save_atomic stops the run."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_classifier(path):
+    """The cached classifier in eval mode; a cache that does not load or fit is a one-line error."""
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+        arch = cache["arch"]
+    except Exception as e:
+        die(f"{path} is not a readable classifier cache ({type(e).__name__}); delete it to retrain, "
+            f"or pass another --classifier")
+    if arch != ARCH:
+        die(f"{path} holds a {arch!r} classifier, this evaluate.py needs {ARCH!r}; delete it to retrain "
+            f"(scores from the two are not comparable)")
+    model = Classifier()
+    try:
+        model.load_state_dict(cache["model"])
+    except Exception as e:
+        die(f"{path}: the weights do not fit the classifier ({type(e).__name__}); delete it to retrain")
+    print(f"classifier: loaded {path} (trained {cache['epochs']} epochs on {cache['n_train']} digits, "
+          f"test accuracy then {cache['test_acc']:.2%})")
+    return model.eval()
+
+
+# --- output: the table ---------------------------------------------------------------------------
 def print_table(rows):
     """One line per row (the files, then the real floor), then per-digit accuracy and histograms."""
     w = max(len(name) for name in rows)
@@ -355,75 +406,111 @@ def print_table(rows):
         print(f"{name:<{w}}" + "".join(f"{100 * p:>6.1f}" for p in m["hist"]))
 
 
-# --- main ---------------------------------------------------------------------------------------
-def get_classifier(path, args, x_train, y_train, device):
-    """The cached classifier, or a new one trained now; returns it and the digits it was trained on
-    (None when loaded: nothing to cache)."""
-    if os.path.exists(path):
-        return load_classifier(path).to(device), None
-    n = min(args.clf_limit or len(x_train), len(x_train))
-    print(f"classifier: no cache at {path}, training {args.clf_epochs} epochs on {n} digits on {device}")
-    t0 = time.time()
-    model = train_classifier(x_train[:n], y_train[:n], args.clf_epochs, device)
-    print(f"classifier: trained in {time.time() - t0:.0f} s")
-    return model, n
+# =================================================================================================
+# Plumbing: identical in every script, skip on a first read. Flag checks, errors, device, MNIST
+# files, checkpoints and resume, RNG state, the training loop's bookkeeping, plots.
+# =================================================================================================
+# --- shared: flag types ---
+def number(kind, lo, hi=math.inf, lo_included=True):
+    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included). "--lr nan",
+    "--epochs -1" or "--guidance inf" stop the parser with one line that names the flag."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if not math.isfinite(value) or value < lo or (value == lo and not lo_included) or value >= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
+        return value
+    return parse
 
 
-def save_classifier(model, path, test_acc, n_train, args):
-    """Cache the weights with what they are: arch tag, test accuracy, training size and epochs."""
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
+# --- shared: errors ---
+def die(msg, code=2):
+    """A user error: one clear line on stderr, no traceback."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+# --- shared: device ---
+def pick_device(name):
+    """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        save_atomic({"arch": ARCH, "model": state, "test_acc": test_acc, "n_train": n_train,
-                     "epochs": args.clf_epochs, "seed": args.seed}, path)
-        print(f"classifier: cached in {path}")
-    except OSError as e:  # e.g. a read-only data folder: the scores are still right, just not cached
-        print(f"warning: cannot write {path} ({e.strerror}); pass --classifier PATH to cache it", file=sys.stderr)
+        device = torch.device(name)
+    except RuntimeError:
+        die(f"unknown --device {name!r} (use auto, cpu, cuda, cuda:1 or mps)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        die(f"--device {name}: this script runs on cpu, cuda or mps")
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        die(f"--device {name}: this machine has no such CUDA GPU (use --device auto or cpu)")
+    if device.type == "mps" and not mps:
+        die(f"--device {name}: Apple's mps is not available here (use --device auto or cpu)")
+    return device
 
 
-def evaluate(args):
-    """Check the files, get the classifier (trained and cached on first use), score; returns a dict."""
-    torch.manual_seed(args.seed)
-    device = pick_device(args.device)
-    samples = {path: load_samples(path) for path in args.files}  # bad files fail before any training
-    images, labels = load_mnist(args.data_dir, train=True)
-    x_train, y_train = to_model_range(images), labels
-    images, labels = load_mnist(args.data_dir, train=False)
-    x_test, y_test = to_model_range(images), labels
-
-    path = args.classifier or os.path.join(args.data_dir, "mnist_classifier.pt")
-    model, n_trained = get_classifier(path, args, x_train, y_train, device)
-    test_logits, test_feats = classify(model, x_test, device)  # the test set is also the FID/KID reference
-    test_acc = (test_logits.argmax(1) == y_test).double().mean().item()
-    print(f"classifier: test accuracy {test_acc:.2%} on {len(x_test)} test digits")
-    if test_acc < 0.99:
-        print(f"warning: classifier test accuracy {test_acc:.2%} is below 99 %; scores mean less", file=sys.stderr)
-    if n_trained:
-        save_classifier(model, path, test_acc, n_trained, args)
-
-    mu, cov = gaussian_stats(test_feats)
-    ref = {"feats": test_feats, "mu": mu, "cov": cov}
-    rows = {p: score(model, x, y, ref, device, args.seed) for p, (x, y) in samples.items()}
-    n_real = min(args.n_real or min(len(next(iter(samples.values()))[0]), MAX_REAL), len(x_train))
-    idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:n_real]
-    real = score(model, x_train[idx], y_train[idx], ref, device, args.seed)
-    return {"classifier": {"path": path, "trained_now": bool(n_trained), "test_acc": test_acc},
-            "n_ref": len(x_test), "files": rows, "real": real}
+# --- shared: data ---
+IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-def main(argv=None):
-    args = get_args(argv)
-    # with --json, stdout carries the JSON object only: progress and notes go to stderr
-    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
-        print(vars(args))
-        result = evaluate(args)
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        print(f"\nFID and KID against the {result['n_ref']} test digits; lower is better, "
-              f"the real row is the floor.")
-        print_table({**result["files"], f"real (train, {result['real']['n']})": result["real"]})
+def find_idx_files(data_dir, train):
+    """Paths of the raw IDX image and label files, or None. Accepts torchvision's layout
+    (DIR/MNIST/raw/train-images-idx3-ubyte), a plain folder of the four files, and the Kaggle
+    download (dotted names such as train-images.idx3-ubyte, often inside archive/)."""
+    for folder in ("", "MNIST/raw", "raw", "archive"):
+        for dotted in (False, True):
+            paths = []
+            for name in IDX_NAMES[train]:
+                name = name.replace("-idx", ".idx") if dotted else name
+                path = os.path.join(data_dir, folder, name)
+                if os.path.isdir(path):  # Kaggle also ships a folder of the same name around the file
+                    path = os.path.join(path, name)
+                paths.append(path)
+            if all(os.path.isfile(p) for p in paths):
+                return paths
+    return None
+
+
+def load_mnist(data_dir, train=True, limit=0):
+    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read by torchvision's IDX readers;
+    the first `limit` digits only if limit > 0."""
+    paths = find_idx_files(data_dir, train)
+    if paths is None:  # not on disk: download the way torchvision users expect
+        try:
+            torchvision.datasets.MNIST(data_dir, train=train, download=True)
+        except Exception as e:  # offline, no permission, ...: say where the files go instead
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
+                f"Put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, or the Kaggle .idx names) "
+                f"in {data_dir!r} or pass --data-dir")
+        paths = find_idx_files(data_dir, train)
+    try:
+        images, labels = read_image_file(paths[0]), read_label_file(paths[1])
+    except Exception as e:
+        die(f"cannot read MNIST IDX files {paths}: {e}")
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
+    return (images[:limit], labels[:limit]) if limit else (images, labels)
+
+
+def to_model_range(images_uint8):
+    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
+    return images_uint8.unsqueeze(1).float().div(255)
+
+
+# --- shared: entry point ---
+def run_main(main):
+    """Ctrl-C is one line too. Every file on disk is whole (written atomically); a training run's
+    checkpoint holds its last finished epoch."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        die("interrupted (Ctrl-C); files already written are whole, and a training run continues "
+            "from its last finished epoch with --resume", 130)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,4 +1,4 @@
-"""Correctness tests for the diffusion math, the data range, resume and the shared blocks.
+"""Correctness tests for the diffusion math, the data range and resume.
 Diffusion code fails silently (wrong range, t off by one, noise at the last step): these catch it.
 
     pytest -q test_diffusion.py
@@ -6,17 +6,13 @@ Diffusion code fails silently (wrong range, t off by one, noise at the last step
 """
 import math
 import os
-import re
 
 import pytest
 import torch
 
 import ddpm_class
 import ddpm_time
-from conftest import HERE, REAL_MNIST, kill_when_written, run_script
-
-SCRIPTS = sorted(f for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith(("test_", "conftest")))
-
+from conftest import REAL_MNIST, kill_when_written, run_script
 
 # --- schedule ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("T", [300, 1000])
@@ -80,7 +76,7 @@ def test_sampler_with_exact_eps_recovers_the_data(sampler, steps, landed, kind):
     ab_T = sched["alpha_bar"][-1]
     x0_true = (torch.rand(4000, 1, 1, 1, generator=gen) < 0.5).float()
     x_T = ab_T.sqrt() * x0_true + (1 - ab_T).sqrt() * torch.randn(4000, 1, 1, 1, generator=gen)
-    x0 = ddpm_time.sample(oracle_eps(points, sched), x_T, sched, sampler, steps, gen)
+    x0 = ddpm_time.sample(oracle_eps(points, sched), x_T, sched, sampler, steps or None, gen)[0]
     on_points = (((x0 - 0.5).abs() - 0.5).abs() < 1e-3).float().mean().item()
     assert on_points > landed, f"only {on_points:.3f} of the samples land on the data points"
     assert (x0 > 0.5).float().mean().item() == pytest.approx(0.5, abs=0.04)
@@ -94,14 +90,15 @@ def test_ddim_keeps_the_implied_noise_when_x0_is_clipped():
     sched = ddpm_time.make_schedule(300, "linear", "cpu")
     eps_fn = lambda x, t: 3 * x  # noqa: E731  x_0 = (1 - 2.93) x / 0.22: far outside [0, 1], both sides
     x_T = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    _, ts, frames = ddpm_time.sample(eps_fn, x_T, sched, "ddim", 2, keep_trajectory=True)
-    assert ts.tolist() == [300, 150, 0]
-    ab, ab_mid = sched["alpha_bar"][300], sched["alpha_bar"][150]
-    x0 = ((x_T - (1 - ab).sqrt() * eps_fn(x_T, 300)) / ab.sqrt()).clamp(0, 1)
+    x0 = ddpm_time.predict_x0(x_T, 300, eps_fn(x_T, 300), sched).clamp(0, 1)
     assert (x0 == 0).any() and (x0 == 1).any(), "the test needs clipping on both sides"
-    implied_T = (x_T - ab.sqrt() * x0) / (1 - ab).sqrt()
-    implied_mid = (frames[1] - ab_mid.sqrt() * x0) / (1 - ab_mid).sqrt()
-    assert torch.allclose(implied_T, implied_mid, atol=1e-4)
+    implied_T = ddpm_time.eps_from_x0(x_T, 300, x0, sched)
+    x_mid = ddpm_time.ddim_step(x0, implied_T, 150, sched)                  # the sampler's own step
+    assert torch.allclose(ddpm_time.eps_from_x0(x_mid, 150, x0, sched), implied_T, atol=1e-4)
+    assert ddpm_time.timesteps("ddim", 300, 2) == [300, 150, 0]
+    # and sample() takes exactly that step: its second frame is x_mid (frames are uint8 of [0, 1])
+    frames = ddpm_time.sample(eps_fn, x_T, sched, "ddim", 2, None)[2]
+    assert torch.equal(frames[1], ddpm_time.to_uint8(x_mid))
 
 
 def test_ddpm_first_step_stays_bounded_under_cosine():
@@ -112,30 +109,39 @@ def test_ddpm_first_step_stays_bounded_under_cosine():
     assert sched["beta"][300] > 0.99
     eps_fn = lambda x, t: 1.1 * x  # noqa: E731  at t = T the true eps is x_T itself, up to 0.0002 x_0
     x_T = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    _, _, frames = ddpm_time.sample(eps_fn, x_T, sched, "ddpm", gen=torch.Generator().manual_seed(1),
-                                    keep_trajectory=True)
-    raw = (x_T - sched["beta"][300] / (1 - sched["alpha_bar"][300]).sqrt() * eps_fn(x_T, 300)) / sched["alpha"][300].sqrt()
+    gen = torch.Generator().manual_seed(1)
+    raw = ddpm_time.ddpm_step(x_T, 300, eps_fn(x_T, 300), sched, gen)  # the step with the raw eps
     assert raw.std() > 2.5, "the test needs the unclipped step to blow up"
-    assert 0.8 < frames[1].std() < 1.2
+    # what sample() does: x_0 clipped, eps recomputed from it, then the same step
+    x0 = ddpm_time.predict_x0(x_T, 300, eps_fn(x_T, 300), sched).clamp(0, 1)
+    x_299 = ddpm_time.ddpm_step(x_T, 300, ddpm_time.eps_from_x0(x_T, 300, x0, sched), sched, gen)
+    assert 0.8 < x_299.std() < 1.2
+    # sample()'s first step stays bounded too (its frames are uint8 of x clipped to [0, 1]: about half
+    # the pixels of N(0, 1) are below 0; a blown-up step would push nearly all of them to 0 or 255)
+    frames = ddpm_time.sample(eps_fn, x_T, sched, "ddpm", None, torch.Generator().manual_seed(1))[2]
+    saturated = ((frames[1] == 0) | (frames[1] == 255)).float().mean().item()
+    assert saturated < 0.75, f"{saturated:.2f} of the pixels saturated after the first step"
 
 
 def test_no_noise_at_the_last_step():
     """x_0 is the mean of p(x_0 | x_1): the last step adds no noise, and noise is drawn T - 1 times."""
     sched = ddpm_time.make_schedule(10, "linear", "cpu")
     eps_fn = lambda x, t: 0.1 * x + 0.01 * t  # noqa: E731  any fixed function of (x, t)
-    x0, ts, frames = ddpm_time.sample(eps_fn, torch.randn(5, 1, 28, 28), sched, "ddpm",
-                                      gen=torch.Generator().manual_seed(1), keep_trajectory=True)
-    x1 = frames[-2]
-    ab1 = sched["alpha_bar"][1]
-    x0_hat = ((x1 - (1 - ab1).sqrt() * eps_fn(x1, 1)) / ab1.sqrt()).clamp(0, 1)  # clipped, as the sampler does
-    eps1 = (x1 - ab1.sqrt() * x0_hat) / (1 - ab1).sqrt()
-    mean = (x1 - sched["beta"][1] / (1 - ab1).sqrt() * eps1) / sched["alpha"][1].sqrt()
-    assert torch.allclose(x0, mean, atol=1e-6) and ts.tolist() == list(range(10, -1, -1))
-    # and every earlier step does add noise: two generators give different x_1 from the same x_T
-    x_T = torch.randn(5, 1, 28, 28)
-    a = ddpm_time.sample(eps_fn, x_T, sched, "ddpm", gen=torch.Generator().manual_seed(1), keep_trajectory=True)[2]
-    b = ddpm_time.sample(eps_fn, x_T, sched, "ddpm", gen=torch.Generator().manual_seed(2), keep_trajectory=True)[2]
-    assert torch.equal(a[0], b[0]) and not torch.allclose(a[-2], b[-2])
+    x1 = torch.randn(5, 1, 28, 28)
+    ab1, beta1, alpha1 = sched["alpha_bar"][1], sched["beta"][1], sched["alpha"][1]
+    eps = eps_fn(x1, 1)
+    mean = (x1 - beta1 / (1 - ab1).sqrt() * eps) / alpha1.sqrt()           # Algorithm 2, z = 0
+    a = ddpm_time.ddpm_step(x1, 1, eps, sched, torch.Generator().manual_seed(1))
+    b = ddpm_time.ddpm_step(x1, 1, eps, sched, torch.Generator().manual_seed(2))
+    assert torch.equal(a, mean) and torch.equal(b, mean)
+    # every earlier step adds sqrt(beta_t) z: two generators differ, by noise of that scale
+    a = ddpm_time.ddpm_step(x1, 2, eps, sched, torch.Generator().manual_seed(1))
+    b = ddpm_time.ddpm_step(x1, 2, eps, sched, torch.Generator().manual_seed(2))
+    assert (a - b).std().item() == pytest.approx(math.sqrt(2 * sched["beta"][2].item()), rel=0.1)
+    # and sample() visits t = 10 .. 0, ending on that noise-free mean
+    x0, ts, frames = ddpm_time.sample(eps_fn, torch.randn(5, 1, 28, 28), sched, "ddpm", None,
+                                      torch.Generator().manual_seed(1))
+    assert ts.tolist() == list(range(10, -1, -1)) and len(frames) == 11
 
 
 def test_guidance_convention():
@@ -158,14 +164,16 @@ def test_labels_dropped_per_sample(tiny_mnist):
         def forward(self, x, t, y):
             seen.append(y.clone())
             return super().forward(x, t, y)
-    args = ddpm_class.get_args(["--channels", "8", "8", "8", "--batch-size", "256"])
-    model = Spy(args.channels)
+    args, _ = ddpm_class.get_args(["--channels", "8", "8", "8", "--batch-size", "256"])
+    model = Spy(args.channels, n_classes=11)
     images, labels = ddpm_class.load_mnist(tiny_mnist)
     x_all = ddpm_class.to_model_range(images).repeat(20, 1, 1, 1)       # 10240 digits, 40 batches
     y_all = labels.repeat(20)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    ddpm_class.train_epoch(model, ddpm_class.UNet(args.channels), opt, 0, x_all, y_all,
-                           ddpm_class.make_schedule(args.T, args.schedule, "cpu"), args, 1)
+    sched = ddpm_class.make_schedule(args.T, args.schedule, "cpu")
+    loss_fn = lambda model, x0, y: ddpm_class.ddpm_loss_cfg(model, x0, y, sched, args.p_uncond)  # noqa: E731
+    run = {"epoch": 0, "loss_history": torch.zeros(0)}
+    ddpm_class.train_epoch(model, ddpm_class.UNet(args.channels, n_classes=11), opt, loss_fn, x_all, y_all, args, 1, run)
     dropped = torch.stack([(y == ddpm_class.NULL).float().mean() for y in seen])
     assert dropped.mean().item() == pytest.approx(0.1, abs=0.015)
     assert (dropped > 0).all() and (dropped < 0.5).all(), "dropping must be per sample, not per batch"
@@ -201,33 +209,6 @@ def test_killed_run_resumes_to_the_same_weights(script, tiny_mnist, tmp_path):
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
     for sa, sb in zip(a["opt"]["state"].values(), b["opt"]["state"].values()):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-
-
-# --- shared blocks ------------------------------------------------------------------------------
-def shared_blocks(path):
-    """{name: text} of the `# --- shared: name ---` blocks of a file, each up to the next `# ---`."""
-    blocks, name = {}, None
-    for line in open(path).read().splitlines():
-        if line.startswith("# ---"):
-            m = re.match(r"# --- shared: (.+?) ---", line)
-            name = m.group(1) if m else None
-            if name:
-                assert name not in blocks, f"{path}: block {name!r} twice"
-                blocks[name] = []
-        if name:
-            blocks[name].append(line)
-    return {k: "\n".join(v).rstrip() for k, v in blocks.items()}
-
-
-def test_shared_blocks_are_identical_in_every_file():
-    blocks = {f: shared_blocks(os.path.join(HERE, f)) for f in SCRIPTS}
-    core = {"errors, device and seed", "data", "schedule", "model blocks", "samplers", "checkpoints", "plots"}
-    assert core <= set(blocks["ddpm_time.py"]) and core <= set(blocks["ddpm_class.py"])
-    for name in {n for b in blocks.values() for n in b}:
-        copies = {f: b[name] for f, b in blocks.items() if name in b}
-        reference = copies.get("ddpm_time.py", next(iter(copies.values())))
-        for f, text in copies.items():
-            assert text == reference, f"shared block {name!r} differs in {f}: fix it in every file"
 
 
 # --- real data ---------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tests of evaluate.py: the metric formulas against hand cases, then the script end to end on the
-tiny fake MNIST of conftest (its classifier trains in seconds), bad input, and the classifier cache.
+tiny fake MNIST of conftest (its classifier trains in seconds), run folders and samples files with
+"config", bad input, and the classifier cache (written atomically).
 
     pytest test_evaluate.py -m "not realdata"     # quick, offline
     pytest test_evaluate.py -m realdata           # trains the real classifier: a few minutes
@@ -13,14 +14,17 @@ import torch
 import torch.nn.functional as F
 
 import evaluate
-from conftest import REAL_MNIST, fake_digits, run_script
+from conftest import REAL_MNIST, fake_digits, one_line_error, run_script
 
 CLF_FLAGS = ("--clf-epochs", "20")  # enough for the fake digits' bars: 100 % test accuracy in ~8 s
 
 
-def save_samples(path, x, y=None):
-    torch.save({"x": x, "y": y}, path)
+def save_samples(path, x, y=None, **extra):
+    torch.save({"x": x, "y": y, **extra}, path)
     return str(path)
+
+
+DDIM_CONFIG = {"sampler": "ddim", "steps": 50, "T": 300, "guidance": 5.0, "channels": [16, 64, 64], "out_dir": "runs/x"}
 
 
 def blur(x):
@@ -164,6 +168,39 @@ def test_bad_file_is_one_clear_error(case, tmp_path, capsys):
     assert e.value.code == 2 and err.startswith(f"error: {path}") and err.count("\n") == 1
 
 
+def test_a_run_folder_stands_for_its_samples_file(scored, tmp_path, capsys):
+    """A folder means FOLDER/samples.pt, with the "config" and "epoch" the generating scripts add: the
+    same numbers as the plain file, keyed by FOLDER/samples.pt, and the sampler printed."""
+    held = scored["files"]["held"]
+    d = torch.load(held, weights_only=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_samples(run / "samples.pt", d["x"], d["y"], config=DDIM_CONFIG, epoch=20)
+    evaluate.main([str(run), "--data-dir", scored["data"], "--classifier", scored["clf"], "--json"])
+    out, err = capsys.readouterr()
+    row, want = json.loads(out)["files"][os.path.join(str(run), "samples.pt")], scored["json"]["files"][held]
+    assert {k: row[k] for k in ("n", "acc", "acc_per_digit", "kl", "hist", "conf")} == \
+        {k: want[k] for k in ("n", "acc", "acc_per_digit", "kl", "hist", "conf")}
+    for k in ("fid", "kid", "kid_std"):  # the cached weights load without channels_last: rounding differs
+        assert row[k] == pytest.approx(want[k], rel=1e-5, abs=1e-9)
+    assert "300 digits with labels (sampler ddim, 50 steps, w=5.0, epoch 20)" in err
+
+
+def test_made_by_reads_ddpm_and_flow_configs():
+    assert evaluate.made_by({"x": 0}) == ""
+    assert evaluate.made_by({"config": {"sampler": "ddpm", "steps": None, "T": 300}, "epoch": 3}) == \
+        " (sampler ddpm, 300 steps, epoch 3)"
+    assert evaluate.made_by({"config": {"sampler": "euler", "steps": 50}}) == " (sampler euler, 50 steps)"
+    assert evaluate.made_by({"config": "not a dict", "epoch": 1}) == " (epoch 1)"
+
+
+def test_a_folder_without_samples_is_one_line_naming_the_command(tmp_path):
+    r = run_script("evaluate.py", tmp_path, "--data-dir", tmp_path, check=False)
+    msg = one_line_error(r)
+    assert f"{tmp_path} is a folder without samples.pt" in msg
+    assert f"python ddpm_class.py --sample-only --sampler ddim --n-samples 1000 --out-dir {tmp_path}" in msg
+
+
 def test_bad_file_from_the_command_line_exits_2_without_traceback(tmp_path):
     path = write_bad(tmp_path / "bad.pt", BAD["range [-1, 1]"])
     r = run_script("evaluate.py", path, "--data-dir", tmp_path, check=False)
@@ -184,6 +221,38 @@ def test_a_bad_classifier_cache_is_one_clear_error(content, tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+def test_the_cache_is_written_atomically(tmp_path, monkeypatch, capsys):
+    """A write that fails half-way (a full disk) leaves the previous cache whole, no .tmp, and a warning
+    (the scores do not need the cache); a good write is fsynced before it replaces the file."""
+    path = tmp_path / "clf.pt"
+    path.write_bytes(b"the previous cache")
+    args = evaluate.get_args(["x.pt"])
+    real_save, synced = torch.save, []
+
+    def disk_full(obj, f):
+        f.write(b"half a cache")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    evaluate.save_classifier(evaluate.Classifier(), str(path), 0.99, 10, args)
+    assert "No space left on device" in capsys.readouterr().err
+    assert path.read_bytes() == b"the previous cache" and os.listdir(tmp_path) == ["clf.pt"]
+    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(evaluate.os, "fsync", lambda fd: synced.append(os.fstat(fd).st_size))
+    evaluate.save_classifier(evaluate.Classifier(), str(path), 0.99, 10, args)
+    assert synced and synced[0] > 1000 and os.listdir(tmp_path) == ["clf.pt"]
+    assert evaluate.load_classifier(str(path)) is not None
+
+
+@pytest.mark.parametrize("flags", [["--n-real", "-1"], ["--clf-epochs", "0"], ["--seed", "nan"],
+                                   ["--clf-limit", "inf"]])
+def test_bad_flags_are_clear_errors(flags, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(tmp_path / "a.pt"), *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and flags[0] in err.strip().splitlines()[-1]
+
+
 def test_no_mnist_data_is_one_clear_error(tmp_path, capsys):
     good = save_samples(tmp_path / "good.pt", torch.rand(5, 1, 28, 28))
     (tmp_path / "blocker").write_text("a file, so nothing can be downloaded below it")
@@ -195,7 +264,7 @@ def test_no_mnist_data_is_one_clear_error(tmp_path, capsys):
 
 # --- real MNIST (select with -m realdata) ------------------------------------------------------
 @pytest.mark.realdata
-@pytest.mark.skipif(not os.path.isdir(REAL_MNIST), reason="needs the real MNIST copy at ../shared/mnist")
+@pytest.mark.skipif(not os.path.isdir(REAL_MNIST), reason="needs the real MNIST copy (conftest.REAL_MNIST)")
 def test_real_classifier_reaches_99_percent_and_real_digits_score_near_the_floor(tmp_path):
     images, labels = evaluate.load_mnist(REAL_MNIST, train=True)
     idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(123))[:2000]

@@ -1,6 +1,7 @@
 """Tests for make_gif.py on synthetic run files (random digits, so every frame differs): which
-frames are chosen, what each frame shows, timing, looping, and one-line errors for bad inputs.
-The expected grids come from torchvision's make_grid, independently of make_gif's own tiling."""
+frames are chosen (DDPM's integer t and flow matching's float t), what each frame shows, timing,
+looping, and one-line errors for bad inputs. The expected grids come from torchvision's make_grid,
+independently of make_gif's own tiling."""
 import os
 import shutil
 import subprocess
@@ -21,6 +22,11 @@ def fake_trajectory(T, n, nrow, labels, seed=0):
     frames = torch.randint(0, 256, (T + 1, n, 1, 28, 28), generator=g, dtype=torch.uint8)
     y = torch.arange(n) // nrow % 10 if labels else None  # row r holds digit r, like ddpm_class
     return {"frames": frames, "t": torch.arange(T, -1, -1), "y": y, "nrow": nrow}
+
+
+def fake_flow_trajectory(steps, n, nrow, labels, seed=0):
+    """A flow-matching trajectory.pt: float t ascending from 0.0 (noise) to 1.0 (digits), as flow_sample returns it."""
+    return {**fake_trajectory(steps, n, nrow, labels, seed), "t": torch.linspace(0, 1, steps + 1)}
 
 
 def write_run(folder, trajectory=None, snapshots=None):
@@ -82,6 +88,27 @@ def test_pick_frames_ddim_counts_in_t():
     assert shown == [300, 270, 240, 210, 180, 150, 120, 90, 60, 30, 12, 6, 0]
 
 
+def test_choose_frames_ddpm_is_pick_frames_with_integer_headers():
+    t = torch.arange(300, -1, -1)
+    keep, texts = make_gif.choose_frames(t, 15, 15)
+    assert keep == make_gif.pick_frames(t.tolist(), 15, 15)
+    assert texts[0] == "t = 300" and texts[-1] == "t = 0" and len(texts) == 35
+
+
+def test_choose_frames_flow_by_noise_level():
+    """Flow t = 0, 0.1, ..., 1 is noise level s = 1 - t = 1 .. 0, i.e. 300, 270, ..., 0 on DDPM's scale:
+    stride 60 marks 300, 240, ..., 0, and dense 30 adds s = 0.1 (t = 0.9); float32 t rounds right."""
+    keep, texts = make_gif.choose_frames(torch.linspace(0, 1, 11), 60, 30)
+    assert keep == [0, 2, 4, 6, 8, 9, 10]
+    assert texts == ["t = 0.00", "t = 0.20", "t = 0.40", "t = 0.60", "t = 0.80", "t = 0.90", "t = 1.00"]
+
+
+def test_flow_50_steps_picks_what_ddim_50_picks():
+    """Euler 50 (t = 0, 0.02, ..., 1) and DDIM 50 (t = 300, 294, ..., 0) are the same steps of noise."""
+    ddim = torch.linspace(300, 0, 51).round().long()
+    assert make_gif.choose_frames(torch.linspace(0, 1, 51), 15, 15)[0] == make_gif.choose_frames(ddim, 15, 15)[0]
+
+
 # --- the reverse-process GIF ---------------------------------------------------------------------
 def test_reverse_gif_class_conditioned(tmp_path):
     traj = fake_trajectory(T=40, n=20, nrow=4, labels=True)
@@ -116,6 +143,19 @@ def test_reverse_gif_unconditional_default_levels(tmp_path, capsys):
     err = (grid_of(frames[-1], want).int() - want.int()).abs()
     assert err.max() <= 9                                         # 16 grey levels: within half a step (8.5)
     assert "17 frames" in capsys.readouterr().out
+
+
+def test_reverse_gif_flow_matching_needs_no_flag(tmp_path, capsys):
+    traj = fake_flow_trajectory(steps=10, n=12, nrow=4, labels=True)
+    run = write_run(tmp_path / "run", traj)
+    make_gif.main([run, "--levels", "256", "--stride", "60", "--dense", "30"])
+    frames, durations, loop = read_gif(os.path.join(run, "reverse.gif"))
+    index = [0, 2, 4, 6, 8, 9, 10]                                # t = 0.0 (noise), 0.2, ..., 0.8, 0.9, 1.0 (digits)
+    assert loop == 0 and len(frames) == len(index) and durations[-1] > durations[0]
+    for frame, i in zip(frames, index):
+        want = expected_grid(traj["frames"][i], 4, 2)
+        assert torch.equal(grid_of(frame, want), want)
+    assert "7 frames (t = 0.00 ... t = 1.00)" in capsys.readouterr().out
 
 
 def test_progress_gif_one_frame_per_epoch_in_order(tmp_path):
@@ -161,6 +201,9 @@ ERRORS = {  # name: (how to break the run folder, extra flags, words the message
     "no frames": (lambda d: write_run(d, {"t": torch.arange(3)}), [], "'frames'"),
     "float frames": (lambda d: write_run(d, bad_traj(frames=torch.zeros(4, 2, 1, 28, 28))), [], "uint8"),
     "t ascending": (lambda d: write_run(d, bad_traj(t=torch.arange(4))), [], "descend"),
+    "flow t descending": (lambda d: write_run(d, bad_traj(t=torch.linspace(1, 0, 4))), [], "ascend from 0.0"),
+    "flow t beyond 1": (lambda d: write_run(d, bad_traj(t=torch.linspace(0, 2, 4))), [], "ascend from 0.0"),
+    "t wrong length": (lambda d: write_run(d, bad_traj(t=torch.arange(3, -1, -1)[:3])), [], "one step per frame"),
     "bad labels": (lambda d: write_run(d, bad_traj(y=torch.zeros(5, dtype=torch.long))), [], "'y'"),
     "bad grids": (lambda d: write_run(d, snapshots={"grids": torch.zeros(3)}), ["--progress"], "'grids'"),
 }
@@ -186,8 +229,11 @@ def test_bad_input_in_a_real_process(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "trajectory.pt" in r.stderr
 
 
-@pytest.mark.parametrize("flags", [["--fps", "0"], ["--scale", "0"], ["--stride", "0"], ["--levels", "1"]])
-def test_bad_flags(tmp_path, flags):
+@pytest.mark.parametrize("flags", [["--fps", "0"], ["--scale", "0"], ["--stride", "0"], ["--levels", "1"],
+                                   ["--fps", "51"], ["--fps", "nan"], ["--hold", "inf"], ["--scale", "17"],
+                                   ["--levels", "257"], ["--dense", "-1"]])
+def test_bad_flags(tmp_path, flags, capsys):
     with pytest.raises(SystemExit) as e:
         make_gif.main([str(tmp_path), *flags])
-    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and flags[0] in err.strip().splitlines()[-1]

@@ -1,0 +1,186 @@
+"""Nothing silently wrong, nothing lost: each failure case of the README's table, tried as a user would.
+Every row of the table in RESULTS.md ("What goes wrong, and what you see") is one test here.
+
+    pytest -q test_reliability.py
+"""
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ddpm_class
+import ddpm_time
+from conftest import HERE, one_line_error, run_script
+
+TINY = ["--T", "20", "--channels", "8", "8", "8", "--device", "cpu"]
+SCRIPTS = ["ddpm_time.py", "ddpm_class.py"]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_mnist, tmp_path_factory):
+    """A finished 2-epoch run of ddpm_class.py with non-default training flags, copied per test."""
+    out = tmp_path_factory.mktemp("finished")
+    run_script("ddpm_class.py", "--data-dir", tiny_mnist, "--out-dir", out, "--epochs", "2", "--lr", "2e-3",
+               "--batch-size", "64", "--p-uncond", "0.2", *TINY)
+    return out
+
+
+def copy_run(finished, tmp_path):
+    return str(shutil.copytree(finished, tmp_path / "run"))
+
+
+# --- a changed flag on resume --------------------------------------------------------------------
+@pytest.mark.parametrize("flag,value,stored", [
+    ("--lr", "1e-3", "0.002"), ("--batch-size", "128", "64"), ("--p-uncond", "0.1", "0.2"), ("--seed", "1", "0"),
+    ("--ema-decay", "0.99", "0.999"), ("--limit", "100", "0"), ("--schedule", "cosine", "linear"),
+    ("--T", "30", "20"), ("--channels", "16 16 16", "[8, 8, 8]")])
+def test_changed_training_flag_on_resume_is_an_error(finished, tmp_path, flag, value, stored):
+    run = copy_run(finished, tmp_path)
+    before = os.path.getmtime(os.path.join(run, "ckpt.pt"))
+    r = run_script("ddpm_class.py", "--out-dir", run, "--resume", "--epochs", "3", flag, *value.split(),
+                   "--device", "cpu", check=False)
+    msg = one_line_error(r)
+    assert flag in msg and stored in msg and value.split()[0] in msg, msg
+    assert os.path.getmtime(os.path.join(run, "ckpt.pt")) == before, "the checkpoint must not be touched"
+
+
+def test_resume_without_flags_continues_the_stored_run(finished, tiny_mnist, tmp_path):
+    """Flags not given take the checkpoint's values: --resume --epochs 3 trains epoch 3 with lr 2e-3,
+    batch 64 and p-uncond 0.2, exactly as a 3-epoch run would."""
+    run = copy_run(finished, tmp_path)
+    run_script("ddpm_class.py", "--out-dir", run, "--data-dir", tiny_mnist, "--resume", "--epochs", "3",
+               "--device", "cpu")
+    full = tmp_path / "full"
+    run_script("ddpm_class.py", "--data-dir", tiny_mnist, "--out-dir", full, "--epochs", "3", "--lr", "2e-3",
+               "--batch-size", "64", "--p-uncond", "0.2", *TINY)
+    a, b = (torch.load(os.path.join(d, "ckpt.pt"), weights_only=True) for d in (run, full))
+    assert a["epoch"] == b["epoch"] == 3 and a["config"]["lr"] == 2e-3
+    assert torch.equal(a["loss_history"], b["loss_history"])
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+def test_sample_only_may_change_sampling_flags_only(finished, tmp_path):
+    run = copy_run(finished, tmp_path)
+    r = run_script("ddpm_class.py", "--out-dir", run, "--sample-only", "--sampler", "ddim", "--steps", "4",
+                   "--guidance", "2", "--digits", "1", "--n-samples", "3", "--device", "cpu")
+    s = torch.load(os.path.join(run, "samples.pt"), weights_only=True)
+    # samples.pt records the flags that produced it: sampling flags as given, training flags from the checkpoint
+    assert s["config"]["steps"] == 4 and s["config"]["guidance"] == 2 and s["config"]["lr"] == 2e-3
+    assert s["epoch"] == 2 and s["y"].tolist() == [1, 1, 1] and "DDIM 4 steps" in r.stdout
+    msg = one_line_error(run_script("ddpm_class.py", "--out-dir", run, "--sample-only", "--lr", "1e-3",
+                                    "--device", "cpu", check=False))
+    assert "--lr" in msg
+
+
+def test_ddpm_sampler_takes_no_steps(tmp_path):
+    r = run_script("ddpm_time.py", "--out-dir", tmp_path, "--sampler", "ddpm", "--steps", "50", check=False)
+    assert "--steps is for --sampler ddim" in one_line_error(r)
+
+
+# --- bad flags, devices, folders ---------------------------------------------------------------
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("args", [["--lr", "nan"], ["--lr", "inf"], ["--lr", "0"], ["--ema-decay", "1"],
+                                  ["--epochs", "-1"], ["--batch-size", "0"], ["--T", "1"], ["--seed", "-3"],
+                                  ["--steps", "0", "--sampler", "ddim"], ["--channels", "12", "8", "8"],
+                                  ["--lr", "abc"], ["--n-samples", "2.5"]])
+def test_bad_numbers_are_parser_errors(script, args, tmp_path):
+    r = run_script(script, "--out-dir", tmp_path / "out", *args, check=False)
+    assert args[0] in one_line_error(r) or "--channels" in r.stderr
+    assert not os.path.exists(tmp_path / "out"), "nothing is written on a parser error"
+
+
+@pytest.mark.parametrize("args", [["--guidance", "inf"], ["--guidance", "nan"], ["--p-uncond", "1"],
+                                  ["--p-uncond", "-0.1"], ["--digits", "12"]])
+def test_bad_class_flags_are_parser_errors(args, tmp_path):
+    r = run_script("ddpm_class.py", "--out-dir", tmp_path, *args, check=False)
+    assert args[0] in one_line_error(r)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps", "tpu", "nonsense"])
+def test_a_device_this_machine_lacks_is_one_line(device, tmp_path):
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 3:
+        pytest.skip("this machine has that GPU")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has mps")
+    r = run_script("ddpm_time.py", "--out-dir", tmp_path, "--device", device, check=False)
+    assert device in one_line_error(r)
+
+
+def test_out_dir_that_cannot_be_created(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    r = run_script("ddpm_time.py", "--out-dir", tmp_path / "a_file" / "run", *TINY, check=False)
+    assert "cannot write to --out-dir" in one_line_error(r)
+
+
+# --- files: atomic writes, a full disk, a kill -------------------------------------------------
+def test_full_disk_keeps_the_previous_file(tmp_path, monkeypatch, capsys):
+    """A write that fails halfway (ENOSPC after some bytes) leaves the old file whole, no temp file
+    behind, and one line for the user."""
+    path = str(tmp_path / "ckpt.pt")
+    ddpm_time.save_atomic({"epoch": 1, "w": torch.ones(1000)}, path)
+    real_save = torch.save
+
+    def save_then_fail(obj, f):
+        real_save({"half": torch.zeros(10)}, f)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    with pytest.raises(SystemExit) as e:
+        ddpm_time.save_atomic({"epoch": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert e.value.code == 2 and "No space left" in capsys.readouterr().err
+    assert torch.load(path, weights_only=True)["epoch"] == 1 and not os.path.exists(path + ".tmp")
+
+
+def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
+    """A process killed while it writes a large file (here 400 MB) leaves the previous file whole."""
+    path = tmp_path / "samples.pt"
+    ddpm_time.save_atomic({"x": torch.ones(3)}, str(path))
+    code = (f"import sys, torch; sys.path.insert(0, {HERE!r}); import ddpm_time; "
+            f"ddpm_time.save_atomic({{'x': torch.zeros(100_000_000)}}, {str(path)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while not os.path.exists(str(path) + ".tmp") and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
+
+
+def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tiny_mnist, tmp_path):
+    args = ["--data-dir", tiny_mnist, "--out-dir", tmp_path, "--epochs", "500", *TINY]
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "ddpm_time.py"), *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not os.path.exists(tmp_path / "ckpt.pt") and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "interrupted" in err.strip().splitlines()[-1] and "--resume" in err
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] >= 1
+
+
+# --- a diverged run ----------------------------------------------------------------------------
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """The loss turns NaN in epoch 2: training stops there with one line naming the epoch and the step,
+    and ckpt.pt still holds epoch 1 with finite weights."""
+    real_loss, calls = ddpm_class.ddpm_loss_cfg, []
+
+    def loss_that_diverges(model, x0, y, sched, p_uncond):
+        calls.append(1)
+        loss = real_loss(model, x0, y, sched, p_uncond)
+        return loss * float("nan") if len(calls) == 6 else loss  # 4 steps per epoch: epoch 2, step 2
+    monkeypatch.setattr(ddpm_class, "ddpm_loss_cfg", loss_that_diverges)
+    with pytest.raises(SystemExit) as e:
+        ddpm_class.main(["--data-dir", tiny_mnist, "--out-dir", str(tmp_path), "--epochs", "3", *TINY])
+    msg = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "nan" in msg and "epoch 2, step 2" in msg and "holds epoch 1" in msg
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())

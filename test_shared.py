@@ -1,0 +1,131 @@
+"""How the scripts read: shared blocks identical everywhere, no unmarked copy, no dead code, the method
+first and the plumbing last, checked on every script.
+
+    pytest -q test_shared.py
+"""
+import ast
+import os
+import re
+
+import pytest
+
+from conftest import HERE
+from tools.sync_shared import block_texts, blocks, scripts
+
+SCRIPTS = scripts(HERE)
+MODELS = [f for f in SCRIPTS if f.startswith(("ddpm_", "flow_"))]   # the DDPM and flow scripts
+PLUMBING = "# Plumbing: identical in every script, skip on a first read"
+METHOD_WITHIN = 120  # a student meets the first line of the method within this many lines
+
+
+def source(f):
+    return open(os.path.join(HERE, f)).read()
+
+
+def top_level_defs(f):
+    """{name: (node, source text)} of the top-level functions and classes of a script."""
+    text = source(f)
+    return {n.name: (n, ast.get_source_segment(text, n)) for n in ast.parse(text).body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+
+
+def block_of_line(f, line):
+    """The name of the shared block that holds 1-based `line` of f, or None."""
+    for name, (i, j) in blocks(source(f)).items():
+        if i < line <= j:
+            return name
+    return None
+
+
+def test_every_script_is_found():
+    assert {"ddpm_time.py", "ddpm_class.py", "evaluate.py", "make_gif.py"} <= set(SCRIPTS)
+
+
+def test_shared_blocks_are_identical_in_every_file():
+    texts = {f: block_texts(source(f)) for f in SCRIPTS}
+    for name in sorted({n for b in texts.values() for n in b}):
+        copies = {f: b[name] for f, b in texts.items() if name in b}
+        reference_file = min(copies)
+        for f, text in copies.items():
+            assert text == copies[reference_file], \
+                f"shared block {name!r} differs between {f} and {reference_file}: python tools/sync_shared.py FIXED_FILE"
+
+
+def test_every_copy_of_a_function_is_marked_and_identical():
+    """A function or class defined in two scripts is in the same shared block in both (a missing
+    marker fails here, it does not exempt the file), or it is renamed because it differs on purpose."""
+    defs = {f: top_level_defs(f) for f in SCRIPTS}
+    everywhere = ("main", "get_args")  # every script has its own, by design
+    for name in sorted({n for d in defs.values() for n in d} - set(everywhere)):
+        holders = {f: d[name] for f, d in defs.items() if name in d}
+        if len(holders) < 2:
+            continue
+        for f, (node, _) in holders.items():
+            assert block_of_line(f, node.lineno), \
+                f"{name} is defined in {sorted(holders)} but not inside a '# --- shared: ... ---' block in {f}"
+        texts = {text for _, text in holders.values()}
+        assert len(texts) == 1, f"{name} differs between {sorted(holders)}: sync the block or rename the copy"
+
+
+def test_no_copy_hides_under_another_name():
+    """The same body under two names in two scripts is a copy the block test would not see."""
+    seen = {}
+    for f in SCRIPTS:
+        for name, (node, _) in top_level_defs(f).items():
+            code = node.body[1:] if ast.get_docstring(node) else node.body  # docstrings may differ
+            body = ast.dump(ast.Module(body=code, type_ignores=[]))
+            if len(code) > 1 or len(body) > 300:  # one-line bodies may coincide
+                seen.setdefault(body, set()).add(name)
+    for names in seen.values():
+        assert len(names) == 1, f"functions {sorted(names)} have the same body: share one, or let them differ"
+
+
+@pytest.mark.parametrize("f", SCRIPTS)
+def test_no_dead_code(f):
+    """Each file carries only what it calls: every top-level function and class is used in it."""
+    tree = ast.parse(source(f))
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    unused = [name for name in top_level_defs(f) if name not in used]
+    assert not unused, f"{f}: defined but never used: {unused}"
+
+
+@pytest.mark.parametrize("f", SCRIPTS)
+def test_reading_order(f):
+    """Header (raw docstring ending with what to delete) -> config -> method -> main -> plumbing tail."""
+    text = source(f)
+    lines = text.splitlines()
+    assert text.startswith('r"""'), f"{f}: the docstring must be raw (a \\t in \\theta would become a tab)"
+    doc = ast.get_docstring(ast.parse(text))
+    assert "What you can delete for an assignment" in doc.split("\n\n")[-1] or \
+        "What you can delete for an assignment" in doc[-800:], f"{f}: the header should end with what to delete"
+    assert "../shared" not in text, f"{f}: points outside the repository"
+    defs = top_level_defs(f)
+    assert defs["get_args"][0].lineno < defs["main"][0].lineno
+    tail = next(i for i, line in enumerate(lines) if PLUMBING in line)
+    assert defs["main"][0].lineno < tail, f"{f}: main() comes before the plumbing tail"
+    # after the tail's header, every section is a shared block (nothing of the script's own)
+    for i, line in enumerate(lines[tail + 2:], tail + 3):
+        if line.startswith("# ---"):
+            assert re.match(r"# --- shared: .+ ---", line), f"{f}:{i}: the plumbing tail holds only shared blocks"
+    assert lines[-1].strip() == "run_main(main)", f"{f}: the file ends with the entry point block"
+
+
+@pytest.mark.parametrize("f", MODELS)
+def test_method_comes_within_120_lines(f):
+    """The first function after get_args (the schedule, or the flow path) starts the method."""
+    defs = sorted((node.lineno, name) for name, (node, _) in top_level_defs(f).items())
+    after_config = [(line, name) for line, name in defs if line > top_level_defs(f)["get_args"][0].lineno]
+    line, name = after_config[0]
+    assert line <= METHOD_WITHIN, f"{f}: the method starts at line {line} ({name})"
+
+
+def test_plumbing_blocks_live_in_the_tail():
+    """Errors, device, data, checkpoints, RNG and plots are plumbing: never in the story part."""
+    story = {"schedule", "forward process", "model blocks", "UNet", "sampler", "DDPM loss", "EMA",
+             "flow path", "flow sampler"}  # the method's shared blocks; every other one is plumbing
+    for f in SCRIPTS:
+        lines = source(f).splitlines()
+        tail = next(i for i, line in enumerate(lines) if PLUMBING in line)
+        for name, (i, _) in blocks(source(f)).items():
+            if name not in story:
+                assert i > tail, f"{f}: plumbing block {name!r} at line {i + 1} sits above the plumbing tail"

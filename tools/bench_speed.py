@@ -1,0 +1,185 @@
+"""How close the default training step runs to what these cores can do, and what each speed lever buys.
+
+    python tools/bench_speed.py                 # fp32 matmul rate, ddpm_class.py's training rate, the ratio
+    python tools/bench_speed.py --profile       # + the top operations of one training step by self time
+    python tools/bench_speed.py --levers        # + img/s of each lever on its own, side by side with the baseline
+
+The training rate is that of ddpm_class.py's own train_epoch (model, loss, AdamW, EMA, progress bar) on
+random digits, batch 128, counted in FLOPs by PyTorch; the matmul rate is a 2048 x 2048 fp32 matmul.
+Both run in turns in the same process (matmul, train, matmul, train, ...), so a machine that drifts
+during the run moves both; the medians are printed. Run it alone: two torch processes share 2 cores badly.
+"""
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import ddpm_class as D  # noqa: E402  the script under test, imported as a module
+
+
+def matmul_gflops(n=2048, reps=10):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def make_setup(batch_size=128, lr=1e-3, model_fn=None, opt_kwargs=None, memory_format=torch.channels_last):
+    """The default run's model, EMA, optimizer, loss and flags, on the CPU."""
+    args, _ = D.get_args(["--batch-size", str(batch_size), "--lr", str(lr), "--device", "cpu"])
+    torch.manual_seed(0)
+    model = (model_fn or (lambda: D.UNet(args.channels, n_classes=11)))().to(memory_format=memory_format)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, **(opt_kwargs or {}))
+    sched = D.make_schedule(args.T, args.schedule, "cpu")
+    loss_fn = lambda m, x0, y: D.ddpm_loss_cfg(m, x0, y, sched, args.p_uncond)  # noqa: E731
+    return dict(model=model, ema=ema, opt=opt, loss_fn=loss_fn, args=args)
+
+
+def train_rate(setup, steps=30):
+    """img/s of train_epoch over `steps` batches of random digits (after 3 warm-up steps)."""
+    B = setup["args"].batch_size
+    x_all, y_all = torch.rand(B * steps, 1, 28, 28), torch.randint(0, 10, (B * steps,))
+    run = {"epoch": 0, "loss_history": torch.zeros(0)}
+    warm = {"epoch": 0, "loss_history": torch.zeros(0)}
+    D.train_epoch(setup["model"], setup["ema"], setup["opt"], setup["loss_fn"], x_all[:3 * B], y_all[:3 * B],
+                  setup["args"], 0, warm)
+    seconds = D.train_epoch(setup["model"], setup["ema"], setup["opt"], setup["loss_fn"], x_all, y_all,
+                            setup["args"], 1, run)
+    return len(x_all) / seconds
+
+
+def flops_per_image(setup):
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    return D.train_flops_per_image(setup["model"], setup["loss_fn"], x, y, torch.device("cpu"))
+
+
+def profile(setup, steps=5):
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    train_rate(setup, steps=3)
+    B = setup["args"].batch_size
+    x_all, y_all = torch.rand(B * steps, 1, 28, 28), torch.randint(0, 10, (B * steps,))
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        D.train_epoch(setup["model"], setup["ema"], setup["opt"], setup["loss_fn"], x_all, y_all, setup["args"], 1,
+                      {"epoch": 0, "loss_history": torch.zeros(0)})
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
+
+
+# --- levers: each one changes one thing against the default ------------------------------------
+class ConcatUNet(D.UNet):
+    """The UNet with its up path's skips concatenated (2c channels into each up block) instead of added."""
+
+    def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
+        super().__init__(channels, emb_dim, n_classes)
+        c1, c2, c3 = channels
+        self.up3 = D.ResBlock(2 * c3, c2, emb_dim)
+        self.up2 = D.ResBlock(2 * c2, c1, emb_dim)
+        self.up1 = D.ResBlock(2 * c1, c1, emb_dim)
+
+    def forward(self, x, t, y=None):
+        emb = self.t_mlp(D.time_embedding(t, self.emb_dim))
+        if y is not None:
+            emb = emb + self.y_emb(y)
+        h1 = self.down1(self.inp(x), emb)
+        h2 = self.down2(self.pool1(h1), emb)
+        h3 = self.down3(self.pool2(h2), emb)
+        h = self.mid2(self.attn(self.mid1(h3, emb)), emb)
+        h = self.up3(torch.cat([h, h3], 1), emb)
+        h = self.up2(torch.cat([self.unpool2(h), h2], 1), emb)
+        h = self.up1(torch.cat([self.unpool1(h), h1], 1), emb)
+        return self.out(h)
+
+
+class AdditiveUNet(D.UNet):
+    """The UNet with its up path's skips added (c channels into each up block) instead of concatenated."""
+
+    def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
+        super().__init__(channels, emb_dim, n_classes)
+        c1, c2, c3 = channels
+        self.up3 = D.ResBlock(c3, c2, emb_dim)
+        self.up2 = D.ResBlock(c2, c1, emb_dim)
+        self.up1 = D.ResBlock(c1, c1, emb_dim)
+
+    def forward(self, x, t, y=None):
+        emb = self.t_mlp(D.time_embedding(t, self.emb_dim))
+        if y is not None:
+            emb = emb + self.y_emb(y)
+        h1 = self.down1(self.inp(x), emb)
+        h2 = self.down2(self.pool1(h1), emb)
+        h3 = self.down3(self.pool2(h2), emb)
+        h = self.mid2(self.attn(self.mid1(h3, emb)), emb)
+        h = self.up3(h + h3, emb)
+        h = self.up2(self.unpool2(h) + h2, emb)
+        h = self.up1(self.unpool1(h) + h1, emb)
+        return self.out(h)
+
+
+def lever_setups():
+    """name -> a function that builds the setup with that one lever changed."""
+    return {
+        "default": lambda: make_setup(),
+        "NCHW instead of channels_last": lambda: make_setup(memory_format=torch.contiguous_format),
+        "fused AdamW": lambda: make_setup(opt_kwargs={"fused": True}),
+        "foreach AdamW off": lambda: make_setup(opt_kwargs={"foreach": False}),
+        "batch 256, lr 2e-3": lambda: make_setup(batch_size=256, lr=2e-3),
+        "concatenated skips": lambda: make_setup(model_fn=lambda: ConcatUNet((16, 64, 64), n_classes=11)),
+        "added skips": lambda: make_setup(model_fn=lambda: AdditiveUNet((16, 64, 64), n_classes=11)),
+        "added skips, NCHW": lambda: make_setup(model_fn=lambda: AdditiveUNet((16, 64, 64), n_classes=11),
+                                                memory_format=torch.contiguous_format),
+        "widths 16 32 64": lambda: make_setup(model_fn=lambda: D.UNet((16, 32, 64), n_classes=11)),
+        "torch.compile": lambda: compiled(make_setup()),
+    }
+
+
+def compiled(setup):
+    """torch.compile on the model (the EMA and the optimizer stay eager); compiles on the warm-up steps."""
+    model = setup["model"]
+    fast = torch.compile(model)
+    setup["loss_fn_eager"] = setup["loss_fn"]
+    setup["loss_fn"] = lambda m, x0, y: setup["loss_fn_eager"](fast, x0, y)
+    return setup
+
+
+def main():
+    ap = argparse.ArgumentParser(description="training rate vs the fp32 matmul rate on this machine")
+    ap.add_argument("--rounds", type=int, default=3, help="turns of (matmul, train)")
+    ap.add_argument("--profile", action="store_true", help="print the top ops of a training step")
+    ap.add_argument("--levers", action="store_true", help="measure each lever against the default, in turns")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    setup = make_setup()
+    flops = flops_per_image(setup)
+    mm, tr = [], []
+    for _ in range(args.rounds):
+        mm.append(matmul_gflops())
+        tr.append(train_rate(setup))
+    m, r = statistics.median(mm), statistics.median(tr)
+    print(f"fp32 matmul 2048^2: {m:.0f} GFLOP/s   (rounds: {', '.join(f'{v:.0f}' for v in mm)})")
+    print(f"ddpm_class training: {r:.0f} img/s x {flops / 1e9:.3f} GFLOP = {r * flops / 1e9:.0f} GFLOP/s"
+          f"   (rounds: {', '.join(f'{v:.0f}' for v in tr)})")
+    print(f"ratio: {r * flops / 1e9 / m:.0%} of the matmul rate")
+    if args.profile:
+        profile(make_setup())
+    if args.levers:
+        builders = lever_setups()
+        setups = {name: build() for name, build in builders.items()}
+        rates = {name: [] for name in setups}
+        for _ in range(args.rounds):  # in turns, so drift hits every lever alike
+            for name, s in setups.items():
+                rates[name].append(train_rate(s))
+        base = statistics.median(rates["default"])
+        print(f"\n| lever (alone, against the default) | img/s | x default |\n|---|---|---|")
+        for name, v in rates.items():
+            print(f"| {name} | {statistics.median(v):.0f} | {statistics.median(v) / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
