@@ -182,9 +182,9 @@ class SelfAttention(nn.Module):
 
 # --- shared: UNet ---
 class UNet(nn.Module):
-    """eps_theta(x_t, t) or, with n_classes, eps_theta(x_t, t, y): 28x28 -> 14x14 -> 7x7 (+ attention)
-    -> back up. Skips are added, not concatenated: 1.14x faster training, measured (RESULTS.md).
-    A label y has a learned embedding added to the time embedding."""
+    """The network: eps_theta(x_t, t) for DDPM (u_theta for flow matching), or with n_classes also given the
+    label y. 28x28 -> 14x14 -> 7x7 (+ attention) -> back up; the skips are added, not concatenated
+    (1.14x faster training, measured in RESULTS.md). y has a learned embedding added to the time embedding."""
 
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
@@ -558,7 +558,9 @@ def number(kind, lo, hi=math.inf, lo_included=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value) or value < lo or (value == lo and not lo_included) or value >= hi:
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if value < lo or (value == lo and not lo_included) or value >= hi:
             raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
         return value
     return parse
@@ -798,19 +800,21 @@ def train_epoch(model, ema, opt, loss_fn, x_all, y_all, args, epoch, run):
     perm = torch.randperm(N, device=x_all.device)
     losses, step0 = [], len(run["loss_history"])
     bar = tqdm(total=N, desc=f"epoch {epoch}/{args.epochs}", unit="img", unit_scale=True, leave=True)
-    for i in range(0, N, B):
-        idx = perm[i:i + B]
-        loss = loss_fn(model, x_all[idx], None if y_all is None else y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema_update(ema, model, args.ema_decay, step0 + len(losses))
-        losses.append(loss.detach())
-        bar.update(len(idx))
-        if len(losses) % 25 == 0 or i + B >= N:  # one host sync every 25 steps, not every step
-            check_finite(torch.stack(losses), epoch, run["epoch"], bar)
-            bar.set_postfix(loss=f"{torch.stack(losses[-25:]).mean().item():.4f}")
-    bar.close()
+    try:
+        for i in range(0, N, B):
+            idx = perm[i:i + B]
+            loss = loss_fn(model, x_all[idx], None if y_all is None else y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema_update(ema, model, args.ema_decay, step0 + len(losses))
+            losses.append(loss.detach())
+            bar.update(len(idx))
+            if len(losses) % 25 == 0 or i + B >= N:  # one host sync every 25 steps, not every step
+                check_finite(torch.stack(losses), epoch, run["epoch"], bar)
+                bar.set_postfix(loss=f"{torch.stack(losses[-25:]).mean().item():.4f}")
+    finally:
+        bar.close()  # also on Ctrl-C, before the one-line message (a bar closed later would print after it)
     run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
     run["epoch"] = epoch
     return time.time() - t0
@@ -858,13 +862,16 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C is one line too. Every file on disk is whole (written atomically); a training run's
-    checkpoint holds its last finished epoch."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too.
+    Every file another step reads was written atomically, so what is on disk is whole."""
     try:
         main()
     except KeyboardInterrupt:
         die("interrupted (Ctrl-C); files already written are whole, and a training run continues "
             "from its last finished epoch with --resume", 130)
+    except OSError as e:
+        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
+            f"written are whole, and a training run continues from its last finished epoch with --resume")
 
 
 if __name__ == "__main__":

@@ -52,10 +52,22 @@ def tiny_mnist(tmp_path_factory):
     return make_mnist_dir(str(tmp_path_factory.mktemp("tiny_mnist")))
 
 
-def run_script(script, *args, cwd=None, check=True, timeout=600):
-    """Run one of our scripts as a user would (a fresh process on the CPU); return the result."""
+@pytest.fixture
+def one_thread():
+    """In-process runs on one thread, as run_script's processes: the same thread count gives the same
+    floats, so a run continued in this process can match one made by a script bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_script(script, *args, cwd=None, check=True, timeout=600, threads=1):
+    """Run one of our scripts as a user would (a fresh process on the CPU); return the result. One thread
+    by default: the tests' tiny models run faster on one, and two collapse when another process holds a core."""
     cmd = [sys.executable, os.path.join(HERE, script), *map(str, args)]
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
@@ -65,7 +77,8 @@ def kill_when_written(script, args, path, timeout=120):
     """Start a script, SIGKILL it as soon as `path` (its first checkpoint) exists, and return.
     Fails if the run ends on its own before it can be killed."""
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, script), *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + timeout
     while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -419,7 +419,9 @@ def number(kind, lo, hi=math.inf, lo_included=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value) or value < lo or (value == lo and not lo_included) or value >= hi:
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if value < lo or (value == lo and not lo_included) or value >= hi:
             raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
         return value
     return parse
@@ -503,13 +505,16 @@ def to_model_range(images_uint8):
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C is one line too. Every file on disk is whole (written atomically); a training run's
-    checkpoint holds its last finished epoch."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too.
+    Every file another step reads was written atomically, so what is on disk is whole."""
     try:
         main()
     except KeyboardInterrupt:
         die("interrupted (Ctrl-C); files already written are whole, and a training run continues "
             "from its last finished epoch with --resume", 130)
+    except OSError as e:
+        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
+            f"written are whole, and a training run continues from its last finished epoch with --resume")
 
 
 if __name__ == "__main__":

@@ -211,7 +211,8 @@ def test_a_changed_training_flag_stops_resume(tiny_run, capsys, given, stored):
     assert f"trained with {stored}, you gave {given[0]} " in msg
 
 
-def test_a_nan_loss_stops_and_the_last_good_checkpoint_resumes(tiny_run, tmp_path, monkeypatch, capsys):
+def test_a_nan_loss_stops_and_the_last_good_checkpoint_resumes(tiny_run, tmp_path, monkeypatch, capsys,
+                                                              one_thread):
     """The loss turns NaN as soon as epoch 1's checkpoint is on disk: one line naming epoch 2, step 1;
     ckpt.pt still holds epoch 1 (finite), no psnr.json; --resume from it then ends at the module run's weights."""
     full, _, data_dir = tiny_run
@@ -327,7 +328,7 @@ def test_real_mnist_denoises(tmp_path):
     """50 steps of a D = 16 UNet on real digits beat the noisy input at sigma = 0.5 by MARGIN dB, which is
     also 4 dB above outputting the mean training digit (11.9 dB) or an all-black image (9.7 dB)."""
     run_script(SCRIPT, "--data-dir", REAL_MNIST, "--out-dir", tmp_path, "--epochs", "1", "--limit", "12800",
-               "--D", "16", "--n-test", "1000", "--device", "cpu", timeout=600)
+               "--D", "16", "--n-test", "1000", "--device", "cpu", timeout=600, threads=2)
     with open(tmp_path / "psnr.json") as f:
         rows = {r["sigma"]: r for r in json.load(f)["rows"]}
     gain = rows[0.5]["psnr_denoised"] - rows[0.5]["psnr_noisy"]

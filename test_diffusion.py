@@ -217,7 +217,7 @@ def test_killed_run_resumes_to_the_same_weights(script, tiny_mnist, tmp_path):
 def test_real_mnist_loss_goes_down(tmp_path):
     """200 steps on real MNIST bring the eps-prediction loss from ~1 to below 0.08."""
     run_script("ddpm_time.py", "--data-dir", REAL_MNIST, "--out-dir", tmp_path, "--epochs", "1",
-               "--limit", "25600", "--T", "300", "--device", "cpu", timeout=1200)
+               "--limit", "25600", "--T", "300", "--sampler", "ddim", "--device", "cpu", timeout=1200, threads=2)
     losses = torch.load(tmp_path / "ckpt.pt", weights_only=True)["loss_history"]
     assert len(losses) == 200 and losses[:5].mean() > 0.5
     assert losses[-50:].mean() < 0.08, f"loss after 200 steps: {losses[-50:].mean():.4f}"

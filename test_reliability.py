@@ -35,17 +35,26 @@ def copy_run(finished, tmp_path):
     return str(shutil.copytree(finished, tmp_path / "run"))
 
 
+def main_error(module, argv, capsys):
+    """Run a script's main() in this process (fast: no new interpreter); it must stop with exit code 2
+    and one line. Returns that line. (test_smoke.py and the per-script tests do the same in real processes.)"""
+    with pytest.raises(SystemExit) as e:
+        module.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
 # --- a changed flag on resume --------------------------------------------------------------------
 @pytest.mark.parametrize("flag,value,stored", [
-    ("--lr", "1e-3", "0.002"), ("--batch-size", "128", "64"), ("--p-uncond", "0.1", "0.2"), ("--seed", "1", "0"),
+    ("--lr", "0.001", "0.002"), ("--batch-size", "128", "64"), ("--p-uncond", "0.1", "0.2"), ("--seed", "1", "0"),
     ("--ema-decay", "0.99", "0.999"), ("--limit", "100", "0"), ("--schedule", "cosine", "linear"),
     ("--T", "30", "20"), ("--channels", "16 16 16", "[8, 8, 8]")])
-def test_changed_training_flag_on_resume_is_an_error(finished, tmp_path, flag, value, stored):
+def test_changed_training_flag_on_resume_is_an_error(finished, tmp_path, flag, value, stored, capsys):
     run = copy_run(finished, tmp_path)
     before = os.path.getmtime(os.path.join(run, "ckpt.pt"))
-    r = run_script("ddpm_class.py", "--out-dir", run, "--resume", "--epochs", "3", flag, *value.split(),
-                   "--device", "cpu", check=False)
-    msg = one_line_error(r)
+    msg = main_error(ddpm_class, ["--out-dir", run, "--resume", "--epochs", "3", flag, *value.split(),
+                                  "--device", "cpu"], capsys)
     assert flag in msg and stored in msg and value.split()[0] in msg, msg
     assert os.path.getmtime(os.path.join(run, "ckpt.pt")) == before, "the checkpoint must not be touched"
 
@@ -65,7 +74,7 @@ def test_resume_without_flags_continues_the_stored_run(finished, tiny_mnist, tmp
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
 
 
-def test_sample_only_may_change_sampling_flags_only(finished, tmp_path):
+def test_sample_only_may_change_sampling_flags_only(finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path)
     r = run_script("ddpm_class.py", "--out-dir", run, "--sample-only", "--sampler", "ddim", "--steps", "4",
                    "--guidance", "2", "--digits", "1", "--n-samples", "3", "--device", "cpu")
@@ -73,49 +82,55 @@ def test_sample_only_may_change_sampling_flags_only(finished, tmp_path):
     # samples.pt records the flags that produced it: sampling flags as given, training flags from the checkpoint
     assert s["config"]["steps"] == 4 and s["config"]["guidance"] == 2 and s["config"]["lr"] == 2e-3
     assert s["epoch"] == 2 and s["y"].tolist() == [1, 1, 1] and "DDIM 4 steps" in r.stdout
-    msg = one_line_error(run_script("ddpm_class.py", "--out-dir", run, "--sample-only", "--lr", "1e-3",
-                                    "--device", "cpu", check=False))
-    assert "--lr" in msg
+    assert "--lr" in main_error(ddpm_class, ["--out-dir", run, "--sample-only", "--lr", "1e-3", "--device", "cpu"],
+                                capsys)
 
 
-def test_ddpm_sampler_takes_no_steps(tmp_path):
-    r = run_script("ddpm_time.py", "--out-dir", tmp_path, "--sampler", "ddpm", "--steps", "50", check=False)
-    assert "--steps is for --sampler ddim" in one_line_error(r)
+@pytest.mark.parametrize("mode", ["--resume", "--sample-only"])
+def test_resume_without_a_checkpoint_is_one_line(mode, tmp_path, capsys):
+    assert "no checkpoint at" in main_error(ddpm_class, ["--out-dir", tmp_path / "empty", mode, *TINY], capsys)
+
+
+def test_ddpm_sampler_takes_no_steps(tmp_path, capsys):
+    msg = main_error(ddpm_time, ["--out-dir", tmp_path, "--sampler", "ddpm", "--steps", "50"], capsys)
+    assert "--steps is for --sampler ddim" in msg
 
 
 # --- bad flags, devices, folders ---------------------------------------------------------------
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("module", [ddpm_time, ddpm_class], ids=SCRIPTS)
 @pytest.mark.parametrize("args", [["--lr", "nan"], ["--lr", "inf"], ["--lr", "0"], ["--ema-decay", "1"],
                                   ["--epochs", "-1"], ["--batch-size", "0"], ["--T", "1"], ["--seed", "-3"],
                                   ["--steps", "0", "--sampler", "ddim"], ["--channels", "12", "8", "8"],
                                   ["--lr", "abc"], ["--n-samples", "2.5"]])
-def test_bad_numbers_are_parser_errors(script, args, tmp_path):
-    r = run_script(script, "--out-dir", tmp_path / "out", *args, check=False)
-    assert args[0] in one_line_error(r) or "--channels" in r.stderr
+def test_bad_numbers_are_parser_errors(module, args, tmp_path, capsys):
+    assert args[0] in main_error(module, ["--out-dir", tmp_path / "out", *args], capsys)
     assert not os.path.exists(tmp_path / "out"), "nothing is written on a parser error"
+
+
+def test_a_bad_number_in_a_real_process(tmp_path):
+    r = run_script("ddpm_class.py", "--out-dir", tmp_path, "--lr", "nan", check=False)
+    assert "--lr" in one_line_error(r)
 
 
 @pytest.mark.parametrize("args", [["--guidance", "inf"], ["--guidance", "nan"], ["--p-uncond", "1"],
                                   ["--p-uncond", "-0.1"], ["--digits", "12"]])
-def test_bad_class_flags_are_parser_errors(args, tmp_path):
-    r = run_script("ddpm_class.py", "--out-dir", tmp_path, *args, check=False)
-    assert args[0] in one_line_error(r)
+def test_bad_class_flags_are_parser_errors(args, tmp_path, capsys):
+    assert args[0] in main_error(ddpm_class, ["--out-dir", tmp_path, *args], capsys)
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps", "tpu", "nonsense"])
-def test_a_device_this_machine_lacks_is_one_line(device, tmp_path):
+def test_a_device_this_machine_lacks_is_one_line(device, tmp_path, capsys):
     if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 3:
         pytest.skip("this machine has that GPU")
     if device == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has mps")
-    r = run_script("ddpm_time.py", "--out-dir", tmp_path, "--device", device, check=False)
-    assert device in one_line_error(r)
+    assert device in main_error(ddpm_time, ["--out-dir", tmp_path, "--device", device], capsys)
 
 
-def test_out_dir_that_cannot_be_created(tmp_path):
+def test_out_dir_that_cannot_be_created(tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
-    r = run_script("ddpm_time.py", "--out-dir", tmp_path / "a_file" / "run", *TINY, check=False)
-    assert "cannot write to --out-dir" in one_line_error(r)
+    msg = main_error(ddpm_time, ["--out-dir", tmp_path / "a_file" / "run", *TINY], capsys)
+    assert "cannot write to --out-dir" in msg
 
 
 # --- files: atomic writes, a full disk, a kill -------------------------------------------------
@@ -135,6 +150,21 @@ def test_full_disk_keeps_the_previous_file(tmp_path, monkeypatch, capsys):
     monkeypatch.undo()
     assert e.value.code == 2 and "No space left" in capsys.readouterr().err
     assert torch.load(path, weights_only=True)["epoch"] == 1 and not os.path.exists(path + ".tmp")
+
+
+def test_a_figure_that_cannot_be_written_is_one_line(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """A full disk can hit a PNG first (figures are not read back, so they are written in place): the run
+    stops with one line, not a traceback."""
+    import matplotlib.figure
+
+    def savefig_on_a_full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "samples_epoch001.png")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_on_a_full_disk)
+    with pytest.raises(SystemExit) as e:
+        ddpm_time.run_main(lambda: ddpm_time.main(["--data-dir", tiny_mnist, "--out-dir", str(tmp_path), "--epochs",
+                                                   "1", *TINY]))
+    msg = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "No space left on device (samples_epoch001.png)" in msg
 
 
 def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
@@ -174,9 +204,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_mnist, tmp_path,
     real_loss, calls = ddpm_class.ddpm_loss_cfg, []
 
     def loss_that_diverges(model, x0, y, sched, p_uncond):
-        calls.append(1)
+        calls.append(len(x0))
         loss = real_loss(model, x0, y, sched, p_uncond)
-        return loss * float("nan") if len(calls) == 6 else loss  # 4 steps per epoch: epoch 2, step 2
+        steps = calls.count(128)  # training batches (the FLOP count uses 8 digits)
+        return loss * float("nan") if len(x0) == 128 and steps == 6 else loss  # 4 steps per epoch: epoch 2, step 2
     monkeypatch.setattr(ddpm_class, "ddpm_loss_cfg", loss_that_diverges)
     with pytest.raises(SystemExit) as e:
         ddpm_class.main(["--data-dir", tiny_mnist, "--out-dir", str(tmp_path), "--epochs", "3", *TINY])

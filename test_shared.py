@@ -4,6 +4,7 @@ first and the plumbing last, checked on every script.
     pytest -q test_shared.py
 """
 import ast
+import functools
 import os
 import re
 
@@ -18,14 +19,16 @@ PLUMBING = "# Plumbing: identical in every script, skip on a first read"
 METHOD_WITHIN = 120  # a student meets the first line of the method within this many lines
 
 
+@functools.lru_cache(maxsize=None)
 def source(f):
     return open(os.path.join(HERE, f)).read()
 
 
+@functools.lru_cache(maxsize=None)
 def top_level_defs(f):
     """{name: (node, source text)} of the top-level functions and classes of a script."""
-    text = source(f)
-    return {n.name: (n, ast.get_source_segment(text, n)) for n in ast.parse(text).body
+    lines = source(f).splitlines()
+    return {n.name: (n, "\n".join(lines[n.lineno - 1:n.end_lineno])) for n in ast.parse(source(f)).body
             if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
 
 

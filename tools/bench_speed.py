@@ -62,7 +62,9 @@ def flops_per_image(setup):
     return D.train_flops_per_image(setup["model"], setup["loss_fn"], x, y, torch.device("cpu"))
 
 
-def profile(setup, steps=5):
+def profile(setup, flops, matmul, steps=10):
+    """The top operations of `steps` training steps by self time, and the ceiling the convolutions set:
+    the rate the step would reach if everything but the convolutions took no time at all."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
     train_rate(setup, steps=3)
     B = setup["args"].batch_size
@@ -70,7 +72,13 @@ def profile(setup, steps=5):
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         D.train_epoch(setup["model"], setup["ema"], setup["opt"], setup["loss_fn"], x_all, y_all, setup["args"], 1,
                       {"epoch": 0, "loss_history": torch.zeros(0)})
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key)
+    conv_rate = flops * B * steps / (conv / 1e6) / 1e9  # nearly all the FLOPs are in the convolutions
+    print(f"convolutions (forward and backward): {conv / total:.0%} of the step's self time; alone they run at "
+          f"{conv_rate:.0f} GFLOP/s = {conv_rate / matmul:.0%} of the matmul rate, the ceiling if all else were free")
 
 
 # --- levers: each one changes one thing against the default ------------------------------------
@@ -167,7 +175,7 @@ def main():
           f"   (rounds: {', '.join(f'{v:.0f}' for v in tr)})")
     print(f"ratio: {r * flops / 1e9 / m:.0%} of the matmul rate")
     if args.profile:
-        profile(make_setup())
+        profile(make_setup(), flops, m)
     if args.levers:
         builders = lever_setups()
         setups = {name: build() for name, build in builders.items()}
