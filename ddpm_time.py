@@ -666,6 +666,7 @@ def plot_loss(losses, path, title):
 def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
     """The reverse process, uint8 frames (steps + 1, rows, 1, 28, 28): one row per digit, columns from
     the first step (noise) to the last (the digit)."""
+    n_cols = min(n_cols, len(ts))                      # a short run shows each step once
     cols = torch.linspace(0, len(ts) - 1, n_cols).round().long()
     rows = frames.shape[1]
     fig, axes = plt.subplots(rows, n_cols, figsize=(0.7 * n_cols, 0.7 * rows + 0.4), squeeze=False,
