@@ -739,6 +739,9 @@ def load_checkpoint(path, args, typed, script, train_keys):
         setattr(args, k, config.get(k, getattr(args, k)))
     if "epochs" not in typed:
         args.epochs = max(config["epochs"], ckpt["epoch"])
+    print(f"loaded {path}: {ckpt['epoch']} epochs done")
+    if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
+        print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
     return ckpt
 
 
@@ -749,17 +752,17 @@ def restore_run(ckpt, model, ema, opt, device, out_dir):
     if ckpt is None:
         return run
     try:
-        model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["opt"])
+        if "opt" in ckpt:  # a training checkpoint; a shipped file (pretrained/) holds the EMA weights only
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["opt"])
+            set_rng_state(ckpt["rng"], device)
     except (KeyError, RuntimeError, ValueError) as e:
-        die(f"the checkpoint in {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
-    set_rng_state(ckpt["rng"], device)
+        die(f"the checkpoint for {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
     run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
     snap_path = os.path.join(out_dir, "snapshots.pt")
     if os.path.exists(snap_path):
         run["snapshots"] = {e: g for e, g in torch.load(snap_path, weights_only=True)["grids"].items() if e <= run["epoch"]}
-    print(f"loaded {out_dir}/ckpt.pt: {run['epoch']} epochs done")
     return run
 
 

@@ -9,6 +9,7 @@ the same network and loss, but the input is pure noise. https://cal-cs180.github
     python denoise_single_step.py --data-dir ~/mnist             # MNIST already on disk (a folder of IDX files)
     python denoise_single_step.py --resume                       # continue a killed run from its checkpoint
     python denoise_single_step.py --eval-only                    # figures and PSNR from the saved checkpoint
+    python denoise_single_step.py --ckpt pretrained/denoise_single_step.pt   # the shipped weights' figures and PSNR
     python denoise_single_step.py --pure-noise                   # "denoise" pure noise: outputs -> the mean digit
     python denoise_single_step.py --D 128 --epochs 5 --batch-size 256 --lr 1e-4   # the CS180 spec exactly
 
@@ -96,6 +97,8 @@ def get_args(argv=None):
     g.add_argument("--n-test", type=number(int, 0), default=0, help="PSNR on the first N test digits (0: all 10,000)")
     g.add_argument("--eval-only", "--sample-only", dest="eval_only", action="store_true",
                    help="load ckpt.pt, make the figures and scores, no training")
+    g.add_argument("--ckpt", default="", help="evaluate these weights instead of OUT_DIR/ckpt.pt (a file in "
+                                              "pretrained/ or another run's ckpt.pt); implies --eval-only")
     g = ap.add_argument_group("run")
     g.add_argument("--out-dir", default=None,
                    help=f"checkpoint, plots and scores go here (default runs/{SCRIPT}, runs/denoise_pure_noise)")
@@ -103,6 +106,9 @@ def get_args(argv=None):
     g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
     args = ap.parse_args(argv)
+    if args.ckpt and args.resume:
+        ap.error("--ckpt is for evaluating (it implies --eval-only); --resume continues OUT_DIR/ckpt.pt")
+    args.eval_only = args.eval_only or bool(args.ckpt)
     args.out_dir = args.out_dir or ("runs/denoise_pure_noise" if args.pure_noise else f"runs/{SCRIPT}")
     return args, typed_flags(ap, argv)  # typed: the flags given, which --resume checks against the checkpoint
 
@@ -274,7 +280,7 @@ def main(argv=None):
     device = pick_device(args.device)
     continuing = args.resume or args.eval_only
     ckpt_path = prepare_out_dir(args.out_dir, continuing)
-    ckpt = load_denoiser_checkpoint(ckpt_path, args, typed) if continuing else None
+    ckpt = load_denoiser_checkpoint(args.ckpt or ckpt_path, args, typed) if continuing else None  # --ckpt: pretrained/
     print(vars(args))
     torch.manual_seed(args.seed)
     task = "pure noise z = eps" if args.pure_noise else f"sigma {args.sigma}"
@@ -395,6 +401,9 @@ def load_denoiser_checkpoint(path, args, typed):
         setattr(args, k, config.get(k, getattr(args, k)))
     if "epochs" not in typed:
         args.epochs = max(config["epochs"], ckpt["epoch"])
+    print(f"loaded {path}: {ckpt['epoch']} epochs done")
+    if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
+        print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
     return ckpt
 
 
@@ -406,12 +415,12 @@ def restore_denoiser(ckpt, model, opt, device, out_dir):
         return run
     try:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
+        if "opt" in ckpt:  # a training checkpoint; a shipped file (pretrained/) holds the weights only
+            opt.load_state_dict(ckpt["opt"])
+            set_rng_state(ckpt["rng"], device)
     except (KeyError, RuntimeError, ValueError) as e:
-        die(f"the checkpoint in {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
-    set_rng_state(ckpt["rng"], device)
+        die(f"the checkpoint for {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
     run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
-    print(f"loaded {out_dir}/ckpt.pt: {run['epoch']} epochs done")
     return run
 
 

@@ -9,6 +9,7 @@ Papers: Lipman et al. 2022, "Flow Matching for Generative Modeling", https://arx
     python flow_class.py --resume                         # continue a killed run from its last epoch
     python flow_class.py --sample-only --digits 7         # a grid of sevens from the saved checkpoint
     python flow_class.py --sample-only --sampler heun --steps 25 --n-samples 1000  # 1,000 digits for evaluate.py
+    python flow_class.py --ckpt pretrained/flow_class.pt --digits 7   # sevens from the shipped weights
 
 Math (t in [0, 1], continuous; x_0 is noise, x_1 a digit of label y: the OPPOSITE of DDPM, where x_0 is the digit):
     interpolate      x_t = (1 - t) x_0 + t x_1,  x_0 ~ N(0, I): a straight line from the noise to the digit
@@ -101,9 +102,14 @@ def get_args(argv=None):
     g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and samples go here")
     g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
     g.add_argument("--sample-only", action="store_true", help="load ckpt.pt and sample, no training")
+    g.add_argument("--ckpt", default="", help="sample from these weights instead of OUT_DIR/ckpt.pt (a file "
+                                              "in pretrained/ or another run's ckpt.pt); implies --sample-only")
     g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
     args = ap.parse_args(argv)
+    if args.ckpt and args.resume:
+        ap.error("--ckpt is for sampling (it implies --sample-only); --resume continues OUT_DIR/ckpt.pt")
+    args.sample_only = args.sample_only or bool(args.ckpt)
     if any(c % 8 for c in args.channels):
         ap.error(f"--channels must be multiples of 8 (GroupNorm uses 8 groups), got {args.channels}")
     args.nfe = count_nfe(args.sampler, args.steps)  # network evaluations per sample, kept in samples.pt's config
@@ -290,8 +296,9 @@ def main(argv=None):
     args, typed = get_args(argv)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
-    ckpt_path = prepare_out_dir(args.out_dir, args.resume or args.sample_only)
-    ckpt = load_checkpoint(ckpt_path, args, typed, SCRIPT, TRAIN_KEYS) if args.resume or args.sample_only else None
+    continuing = args.resume or args.sample_only
+    ckpt_path = prepare_out_dir(args.out_dir, continuing)
+    ckpt = load_checkpoint(args.ckpt or ckpt_path, args, typed, SCRIPT, TRAIN_KEYS) if continuing else None
     print(vars(args))
     print(f"device {device}  threads {torch.get_num_threads()}  the network sees {args.time_scale:g} t, t in [0, 1]")
     model = UNet(args.channels, n_classes=11).to(device, memory_format=torch.channels_last)  # channels_last: 1.2x on CPU
@@ -553,6 +560,9 @@ def load_checkpoint(path, args, typed, script, train_keys):
         setattr(args, k, config.get(k, getattr(args, k)))
     if "epochs" not in typed:
         args.epochs = max(config["epochs"], ckpt["epoch"])
+    print(f"loaded {path}: {ckpt['epoch']} epochs done")
+    if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
+        print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
     return ckpt
 
 
@@ -563,17 +573,17 @@ def restore_run(ckpt, model, ema, opt, device, out_dir):
     if ckpt is None:
         return run
     try:
-        model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["opt"])
+        if "opt" in ckpt:  # a training checkpoint; a shipped file (pretrained/) holds the EMA weights only
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["opt"])
+            set_rng_state(ckpt["rng"], device)
     except (KeyError, RuntimeError, ValueError) as e:
-        die(f"the checkpoint in {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
-    set_rng_state(ckpt["rng"], device)
+        die(f"the checkpoint for {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
     run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
     snap_path = os.path.join(out_dir, "snapshots.pt")
     if os.path.exists(snap_path):
         run["snapshots"] = {e: g for e, g in torch.load(snap_path, weights_only=True)["grids"].items() if e <= run["epoch"]}
-    print(f"loaded {out_dir}/ckpt.pt: {run['epoch']} epochs done")
     return run
 
 

@@ -91,6 +91,22 @@ def test_resume_without_a_checkpoint_is_one_line(mode, tmp_path, capsys):
     assert "no checkpoint at" in main_error(ddpm_class, ["--out-dir", tmp_path / "empty", mode, *TINY], capsys)
 
 
+def test_ckpt_samples_another_runs_weights_into_a_fresh_folder(finished, tmp_path, capsys):
+    """--ckpt FILE samples from FILE's weights with FILE's training flags, into --out-dir, and leaves FILE's
+    run alone; a missing file, a foreign script's file and --resume with it are one-line errors."""
+    ckpt = os.path.join(finished, "ckpt.pt")
+    before = os.path.getmtime(ckpt)
+    out = tmp_path / "fresh"
+    ddpm_class.main(["--ckpt", ckpt, "--out-dir", str(out), "--sampler", "ddim", "--steps", "3", "--digits", "4",
+                     "--n-samples", "2", "--device", "cpu"])
+    s = torch.load(out / "samples.pt", weights_only=True)
+    assert s["config"]["lr"] == 2e-3 and s["config"]["channels"] == [8, 8, 8] and s["y"].tolist() == [4, 4]
+    assert not (out / "ckpt.pt").exists() and os.path.getmtime(ckpt) == before
+    assert "no checkpoint at" in main_error(ddpm_class, ["--ckpt", tmp_path / "typo.pt", "--out-dir", out], capsys)
+    assert "not ddpm_time.py" in main_error(ddpm_time, ["--ckpt", ckpt, "--out-dir", out], capsys)
+    assert "--ckpt is for sampling" in main_error(ddpm_class, ["--ckpt", ckpt, "--resume", "--out-dir", out], capsys)
+
+
 def test_ddpm_sampler_takes_no_steps(tmp_path, capsys):
     msg = main_error(ddpm_time, ["--out-dir", tmp_path, "--sampler", "ddpm", "--steps", "50"], capsys)
     assert "--steps is for --sampler ddim" in msg

@@ -3,6 +3,7 @@
     python tools/bench_speed.py                 # fp32 matmul rate, ddpm_class.py's training rate, the ratio
     python tools/bench_speed.py --profile       # + the top operations of one training step by self time
     python tools/bench_speed.py --levers        # + img/s of each lever on its own, side by side with the baseline
+    python tools/bench_speed.py --sampling      # + seconds for 1,000 guided DDIM-50 digits, new UNet and old, in turns
 
 The training rate is that of ddpm_class.py's own train_epoch (model, loss, AdamW, EMA, progress bar) on
 random digits, batch 128, counted in FLOPs by PyTorch; the matmul rate is a 2048 x 2048 fp32 matmul.
@@ -81,6 +82,20 @@ def profile(setup, flops, matmul, steps=10):
           f"{conv_rate:.0f} GFLOP/s = {conv_rate / matmul:.0%} of the matmul rate, the ceiling if all else were free")
 
 
+def sampling_seconds(model, n=1000, steps=50, w=5.0):
+    """Seconds for n guided DDIM digits drawn as `ddpm_class.py --sample-only --sampler ddim --n-samples n`
+    draws them (chunks of 250 digits, conditional and unconditional passes in one batch)."""
+    model.eval()
+    args, _ = D.get_args(["--device", "cpu"])
+    sched = D.make_schedule(args.T, args.schedule, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for y_chunk in torch.arange(10).repeat(n // 10).split(250):
+        noise = torch.randn(len(y_chunk), 1, 28, 28, generator=gen)
+        D.sample(D.guided_eps_fn(model, y_chunk, w), noise, sched, "ddim", steps, gen)
+    return time.perf_counter() - t0
+
+
 # --- levers: each one changes one thing against the default ------------------------------------
 class ConcatUNet(D.UNet):
     """The UNet as it was before 2026-11-23: the up path's skips concatenated (2c channels into each up
@@ -135,6 +150,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="turns of (matmul, train)")
     ap.add_argument("--profile", action="store_true", help="print the top ops of a training step")
     ap.add_argument("--levers", action="store_true", help="measure each lever against the default, in turns")
+    ap.add_argument("--sampling", action="store_true", help="time 1,000 guided DDIM-50 digits, new UNet and old")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     setup = make_setup()
@@ -150,6 +166,16 @@ def main():
     print(f"ratio: {r * flops / 1e9 / m:.0%} of the matmul rate")
     if args.profile:
         profile(make_setup(), flops, m)
+    if args.sampling:  # weights do not change the speed: both models as initialised
+        models = {"skips added (default)": make_setup()["model"],
+                  "skips concatenated (before)": make_setup(model_fn=lambda: ConcatUNet((16, 64, 64), n_classes=11))["model"]}
+        secs = {name: [] for name in models}
+        for _ in range(args.rounds):
+            for name, model in models.items():
+                secs[name].append(sampling_seconds(model))
+        for name, v in secs.items():
+            print(f"1,000 guided DDIM-50 digits, {name}: {statistics.median(v):.1f} s   "
+                  f"(rounds: {', '.join(f'{x:.1f}' for x in v)})")
     if args.levers:
         builders = lever_setups()
         setups = {name: build() for name, build in builders.items()}
