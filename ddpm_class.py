@@ -8,7 +8,7 @@ Papers: Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models", https
     python ddpm_class.py --data-dir ~/mnist               # MNIST already on disk (a folder of IDX files)
     python ddpm_class.py --resume                         # continue a killed run from its last epoch
     python ddpm_class.py --sample-only --digits 7         # a grid of sevens from the saved checkpoint
-    python ddpm_class.py --sample-only --ckpt pretrained/ddpm_class.pt --digits 7   # sevens from the shipped weights
+    python ddpm_class.py --ckpt pretrained/ddpm_class.pt --digits 7 --sampler ddim   # sevens, shipped weights
     python ddpm_class.py --sample-only --sampler ddim --n-samples 1000    # 1,000 digits for evaluate.py
 
 Math (t in {1..T}, 1-indexed as in the paper; x_0 is a digit, x_T is noise; y is the digit's label):

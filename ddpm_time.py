@@ -7,7 +7,6 @@ Papers: Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models", https
     python ddpm_time.py --data-dir ~/mnist                # MNIST already on disk (a folder of IDX files)
     python ddpm_time.py --resume                          # continue a killed run from its last epoch
     python ddpm_time.py --sample-only --sampler ddim --n-samples 1000    # 1,000 digits for evaluate.py
-    python ddpm_time.py --ckpt pretrained/ddpm_time.pt            # sample from the shipped weights, no training
 
 Math (t in {1..T}, 1-indexed as in the paper; x_0 is a digit, x_T is noise):
     schedule     beta_t linear 1e-4 .. 0.02 (or cosine),  alpha_t = 1 - beta_t,  alpha_bar_t = prod_{s<=t} alpha_s

@@ -7,7 +7,6 @@ Papers: Lipman et al. 2022, "Flow Matching for Generative Modeling", https://arx
     python flow_time.py --data-dir ~/mnist                # MNIST already on disk (a folder of IDX files)
     python flow_time.py --resume                          # continue a killed run from its last epoch
     python flow_time.py --sample-only --sampler heun --steps 25 --n-samples 1000   # 1,000 digits for evaluate.py
-    python flow_time.py --ckpt pretrained/flow_time.pt            # sample from the shipped weights, no training
 
 Math (t in [0, 1], continuous; x_0 is noise, x_1 a digit: the OPPOSITE of DDPM, where x_0 is the digit):
     interpolate      x_t = (1 - t) x_0 + t x_1,  x_0 ~ N(0, I): a straight line from the noise to the digit

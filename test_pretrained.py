@@ -8,6 +8,7 @@ import glob
 import importlib
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -37,6 +38,14 @@ def test_the_readme_weights_are_shipped():
     assert "ddpm_class.pt" in NAMES
     for name in NAMES:
         assert os.path.isfile(os.path.join(HERE, name.replace(".pt", ".py"))), f"{name}: no script of that name"
+
+
+def test_every_shipped_file_a_user_is_told_about_exists():
+    """README, RESULTS and the script headers name pretrained/X.pt only where X.pt is shipped."""
+    texts = [f for f in os.listdir(HERE) if f.endswith((".py", ".md")) and not f.startswith(("test_", "conftest"))]
+    for f in texts:
+        for name in re.findall(r"pretrained/(\w+\.pt)", open(os.path.join(HERE, f)).read()):
+            assert name in NAMES, f"{f} names pretrained/{name}, which is not shipped"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=NAMES)

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.datasets.mnist import read_image_file, read_label_file
 
 T = 300
 CL = torch.channels_last
@@ -107,9 +108,20 @@ def sample(model, y, beta, alpha, alpha_bar, guidance, gen):
     return x.clamp(0, 1)
 
 
+def load_train_digits(data_dir):
+    """The 60,000 training digits (uint8) and labels: DIR/train-images-idx3-ubyte, or torchvision's
+    DIR/MNIST/raw/..., downloaded there if neither is present."""
+    for folder in (data_dir, os.path.join(data_dir, "MNIST", "raw")):
+        files = [os.path.join(folder, f) for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")]
+        if all(os.path.isfile(f) for f in files):
+            return read_image_file(files[0]), read_label_file(files[1])
+    mnist = torchvision.datasets.MNIST(data_dir, train=True, download=True)
+    return mnist.data, mnist.targets
+
+
 def main():
     ap = argparse.ArgumentParser(description="CS180 Project 5B class-conditioned DDPM recipe (the speed baseline)")
-    ap.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
+    ap.add_argument("--data-dir", default="./data", help="folder of the MNIST IDX files (downloaded here if missing)")
     ap.add_argument("--out-dir", default="runs/cs180_recipe", help="samples.pt goes here")
     ap.add_argument("--epochs", type=int, default=20, help="the course's 20")
     ap.add_argument("--max-steps", type=int, default=0, help="stop training after this many steps (0: no limit)")
@@ -118,8 +130,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    mnist = torchvision.datasets.MNIST(args.data_dir, train=True, download=True)
-    x_all, y_all = mnist.data.unsqueeze(1).float() / 255, mnist.targets      # (60000, 1, 28, 28) in [0, 1]
+    images, y_all = load_train_digits(args.data_dir)
+    x_all = images.unsqueeze(1).float() / 255                                # (60000, 1, 28, 28) in [0, 1]
     beta = torch.linspace(1e-4, 0.02, T)
     alpha = 1 - beta
     alpha_bar = torch.cumprod(alpha, 0)
