@@ -392,6 +392,8 @@ def load_denoiser_checkpoint(path, args, typed):
         die(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it or use another --out-dir")
     if stored != SCRIPT:
         die(f"{path} was written by {stored}.py, not {SCRIPT}.py; use another --out-dir")
+    if args.resume and "opt" not in ckpt:  # a shipped file: the weights only, no optimizer to continue
+        die(f"{path} holds evaluation weights only (no optimizer state): use it with --ckpt, not --resume")
     for k in TRAIN_KEYS:
         if k in typed and k in config and getattr(args, k) != config[k]:
             flag = "--" + k.replace("_", "-")

@@ -495,6 +495,8 @@ def load_checkpoint(path, args, typed, script, train_keys):
         die(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it or use another --out-dir")
     if stored != script:
         die(f"{path} was written by {stored}.py, not {script}.py; use another --out-dir")
+    if args.resume and "opt" not in ckpt:  # a shipped file: the EMA weights only, no optimizer to continue
+        die(f"{path} holds sampling weights only (no optimizer state): sample from it with --ckpt, not --resume")
     for k in train_keys:
         if k in typed and k in config and getattr(args, k) != config[k]:
             flag = "--" + k.replace("_", "-")

@@ -105,6 +105,9 @@ def test_ckpt_samples_another_runs_weights_into_a_fresh_folder(finished, tmp_pat
     assert "no checkpoint at" in main_error(ddpm_class, ["--ckpt", tmp_path / "typo.pt", "--out-dir", out], capsys)
     assert "not ddpm_time.py" in main_error(ddpm_time, ["--ckpt", ckpt, "--out-dir", out], capsys)
     assert "--ckpt is for sampling" in main_error(ddpm_class, ["--ckpt", ckpt, "--resume", "--out-dir", out], capsys)
+    shipped = {k: v for k, v in torch.load(ckpt, weights_only=True).items() if k not in ("model", "opt", "rng")}
+    torch.save(shipped, out / "ckpt.pt")  # a pretrained/ file put where a run's checkpoint goes
+    assert "not --resume" in main_error(ddpm_class, ["--out-dir", out, "--resume", "--device", "cpu"], capsys)
 
 
 def test_ddpm_sampler_takes_no_steps(tmp_path, capsys):
