@@ -8,8 +8,9 @@ Papers: Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models", https
     python ddpm_class.py --data-dir ~/mnist               # MNIST already on disk (a folder of IDX files)
     python ddpm_class.py --resume                         # continue a killed run from its last epoch
     python ddpm_class.py --sample-only --digits 7         # a grid of sevens from the saved checkpoint
-    python ddpm_class.py --ckpt pretrained/ddpm_class.pt --digits 7 --sampler ddim   # sevens, shipped weights
-    python ddpm_class.py --sample-only --sampler ddim --n-samples 1000    # 1,000 digits for evaluate.py
+    python ddpm_class.py --ckpt pretrained/ddpm_class.pt --digits 7     # sevens from the shipped weights
+    python ddpm_class.py --sample-only --n-samples 1000   # 1,000 digits for evaluate.py
+    python ddpm_class.py --sample-only --sampler ddpm     # the course's DDPM sampler, all T = 300 steps
 
 Math (t in {1..T}, 1-indexed as in the paper; x_0 is a digit, x_T is noise; y is the digit's label):
     schedule     beta_t linear 1e-4 .. 0.02 (or cosine),  alpha_t = 1 - beta_t,  alpha_bar_t = prod_{s<=t} alpha_s
@@ -24,6 +25,9 @@ Math (t in {1..T}, 1-indexed as in the paper; x_0 is a digit, x_T is noise; y is
     ddim_step    x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps,  s < t  (deterministic, eta = 0)
 Conventions:
     t: training draws t in {1..T}; sampling runs t = T, ..., 1; no noise is added at the last step (t = 1).
+    sampler: DDIM with 50 steps by default (the snapshots too). Guided, it scored better than DDPM over all
+    300 steps (FID in evaluate.py's classifier features 3.67 against 4.28, both 100 % the right digit; an
+    earlier model, RESULTS.md) in a fifth of the time.
     pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); everything saved is in [0, 1] or uint8.
     Every sampler step clips its predicted x_0 to [0, 1] and uses the eps that matches it (Ho et al.'s
     clip_denoised): guidance pushes x_0 far outside the data range, and unclipped samples turn to blobs.
@@ -79,7 +83,8 @@ def get_args(argv=None):
     g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")
     g.add_argument("--p-uncond", type=number(float, 0, 1), default=0.1, help="fraction of labels dropped in training")
     g = ap.add_argument_group("sampling")
-    g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="sampler of the final samples")
+    g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim",
+                   help="sampler of the final samples: ddim (50 steps) or ddpm (all T steps, the course's algorithm)")
     g.add_argument("--steps", type=number(int, 1), default=None, help="DDIM steps (default 50); DDPM runs all T")
     g.add_argument("--guidance", type=number(float, -math.inf), default=5.0, help="w in eps_u + w (eps_c - eps_u)")
     g.add_argument("--digits", type=int, choices=range(10), nargs="+", default=list(range(10)), help="digits to sample")

@@ -10,6 +10,7 @@ the same network and loss, but the input is pure noise. https://cal-cs180.github
     python denoise_single_step.py --resume                       # continue a killed run from its checkpoint
     python denoise_single_step.py --eval-only                    # figures and PSNR from the saved checkpoint
     python denoise_single_step.py --pure-noise                   # "denoise" pure noise: outputs -> the mean digit
+    python denoise_single_step.py --ckpt pretrained/denoise_single_step.pt   # figures and PSNR, shipped weights
     python denoise_single_step.py --D 128 --epochs 5 --batch-size 256 --lr 1e-4   # the CS180 spec exactly
 
 Math (x a clean digit, eps ~ N(0, I) of the same shape, sigma a fixed noise level):

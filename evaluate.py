@@ -9,7 +9,7 @@ KID: Binkowski et al. 2018, https://arxiv.org/abs/1801.01401.
     python evaluate.py runs/ddpm_class                               # a run folder: its samples.pt
     python evaluate.py runs/ddpm_time runs/ddpm_class --data-dir ~/mnist   # two rows, MNIST already on disk
     python evaluate.py runs/ddpm_class --json                        # one JSON object on stdout, for scripts
-    python evaluate.py a.pt --n-real 5000 --classifier /tmp/clf.pt   # floor of 5000 digits, cache elsewhere
+    python evaluate.py a.pt --n-real 5000 --classifier runs/clf.pt   # floor of 5000 digits, cache elsewhere
 
 The classifier: (conv3x3 -> BatchNorm -> ReLU -> max-pool) twice (28 -> 14 -> 7), a 128-d feature
 layer, 10 logits. The first run trains it with Adam and a one-cycle LR on random +-2 px shifts of

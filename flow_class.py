@@ -22,30 +22,28 @@ Math (t in [0, 1], continuous; x_0 is noise, x_1 a digit of label y: the OPPOSIT
     heun_step        x' = x_t + dt u_theta(x_t, t),  x_{t+dt} = x_t + dt (u_theta(x_t, t) + u_theta(x', t+dt)) / 2:
                      predictor an Euler step, corrector the mean of the slopes at both ends; 2 NFE per step
     flow_sample      dx/dt = u_theta(x, t) solved from x_0 ~ N(0, I) at t = 0 to the digit at t = 1, --steps equal steps
+    clip_x1          u' = (clamp(x_t + (1 - t) u, 0, 1) - x_t) / (1 - t): aim at the predicted digit, clipped
 Conventions:
     t: training draws t ~ U[0, 1); sampling visits t = 0, 1/steps, ..., 1 and returns x at t = 1. DDPM's t counts
-    noise, ours counts signal: our x_t is DDPM's x at noise level 1 - t, mixed linearly (signal t, noise 1 - t,
-    where DDPM has sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)); there is no alpha_bar schedule. Predicting u
-    predicts both ends: x_1 = x_t + (1 - t) u,  x_0 = x_t - t u.
-    The network is the DDPM scripts' UNet and sinusoidal time_embedding, fed --time-scale * t = 1000 t: the
-    embedding's frequencies (1 down to 1/10000) are made for DDPM's integer t in 1..1000; fed t in [0, 1]
-    itself, most features would barely change between t = 0 and t = 1.
-    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); everything saved is in [0, 1] or uint8. Nothing is
-    clipped inside the ODE (it must integrate the x_t it has); samples are clamped to [0, 1] only when saved.
-    NFE (network evaluations per sample): Euler 1 per step, Heun 2; printed with every sampling, in samples.pt.
-    With guidance each evaluation is one forward pass on 2B inputs (with and without the label).
-Course (CS180 Fall 2025, Project 5B, "Flow Matching from Scratch"): the course builds its own UNet (t and the
-    one-hot class through MLPs), drops labels with p_uncond = 0.1, guides with gamma = 5 and shows 4 of each digit
-    after epochs 1, 5 and 10. Ours uses the DDPM scripts' UNet, AdamW at 1e-3, batch 128 and an EMA, so that only
-    the method differs from ddpm_class.py, and Euler with 50 steps by default; 15 epochs keep the default run
-    within an hour on 2 CPU cores (measured: 52 min; 20 would not fit).
-Writes to --out-dir (default runs/flow_class): ckpt.pt (every epoch, atomically), samples_epochNNN.png
-    (epochs 1, 5, 10, 15 and the last), samples.png, strip.png, loss.png, guidance.png, trajectory.pt
-    and snapshots.pt (for make_gif.py), samples.pt (--n-samples N, for evaluate.py).
-What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without
-    --resume/--sample-only drop the checkpoint checks and RNG state; without FLOP counting drop
-    train_flops_per_image; with the four IDX files in one folder drop the Kaggle layouts in find_idx_files;
-    with Euler only drop heun_step (and "heun" from --sampler and STEP_NFE).
+    noise, ours signal: our x_t is DDPM's x at noise level 1 - t, mixed linearly (signal t, noise 1 - t where DDPM
+    has sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)). u predicts both ends: x_1 = x_t + (1 - t) u,  x_0 = x_t - t u.
+    The network is the DDPM scripts' UNet and time_embedding, fed --time-scale * t = 1000 t: the embedding's
+    frequencies are made for DDPM's t in 1..1000; fed t in [0, 1] itself, most features would barely change.
+    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); everything saved is in [0, 1] or uint8. x_t itself
+    is never clipped; clip_x1 (--clip, the default, as DDPM's samplers clip x_0) changes only where each step
+    aims; --no-clip follows u as it is. Samples are clamped to [0, 1] when saved.
+    NFE (network evaluations per sample; printed, in samples.pt): Euler 1 per step, Heun 2; each a pass on 2B inputs.
+Course (CS180 Fall 2025, Project 5B, "Flow Matching from Scratch"): its own UNet (t and the one-hot class through
+    MLPs), p_uncond = 0.1, gamma = 5, 4 of each digit after epochs 1, 5 and 10. Ours: the DDPM scripts' UNet, AdamW
+    at 1e-3, batch 128 and an EMA, so that only the method differs from ddpm_class.py; Euler with 50 steps by
+    default; 15 epochs keep the default run within an hour on 2 CPU cores (measured: 52 min; 20 would not fit).
+Writes to --out-dir (default runs/flow_class): ckpt.pt (every epoch, atomically), samples_epochNNN.png (epochs 1, 5,
+    10, 15 and the last), samples.png, strip.png, loss.png, guidance.png, trajectory.pt and snapshots.pt (for
+    make_gif.py), samples.pt (--n-samples N, for evaluate.py).
+What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without --resume and
+    --sample-only drop the checkpoint checks and RNG state; without FLOP counting drop train_flops_per_image; with the
+    four IDX files in one folder drop the Kaggle layouts in find_idx_files; with Euler only drop heun_step (and "heun"
+    from --sampler and STEP_NFE); without --clip drop clip_x1.
 """
 import argparse
 import copy
@@ -95,6 +93,8 @@ def get_args(argv=None):
     g.add_argument("--sampler", choices=["euler", "heun"], default="euler", help="ODE solver of the final samples")
     g.add_argument("--steps", type=number(int, 1), default=STEPS,
                    help="equal steps from t = 0 to 1 (network evaluations: Euler 1 per step, Heun 2)")
+    g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
+                   help="aim each step at the predicted digit x_1 clipped to [0, 1] (clip_x1)")
     g.add_argument("--n-samples", type=number(int, 0), default=0, help="also sample N digits into samples.pt")
     g.add_argument("--guidance", type=number(float, -math.inf), default=5.0, help="w in u_u + w (u_c - u_u)")
     g.add_argument("--digits", type=int, choices=range(10), nargs="+", default=list(range(10)), help="digits to sample")
@@ -253,10 +253,25 @@ def heun_step(u_fn, x, t, dt, u):
     return x + dt * (u + u_fn(x_pred, t + dt)) / 2
 
 
+def clip_x1(u_fn):
+    """u_fn with its x_1 prediction clipped to the data range [0, 1] (the flow form of DDPM's clip_denoised):
+        x1_hat = clamp(x_t + (1 - t) u, 0, 1),   u' = (x1_hat - x_t) / (1 - t)
+    The same u where the predicted digit is in range; elsewhere the step aims at the nearest valid pixel
+    instead of past it, which guidance (w > 1 extrapolates) would otherwise do. At t = 1 there is nothing left
+    to predict and u is returned as it is. For data in [0, 1] only: it changes the ODE, so the exact-velocity
+    tests run the sampler without it."""
+    def u_clipped(x, t):
+        u = u_fn(x, t)
+        if t >= 1:
+            return u
+        return ((x + (1 - t) * u).clamp(0, 1) - x) / (1 - t)
+    return u_clipped
+
+
 @torch.no_grad()
 def flow_sample(u_fn, x_0, sampler, steps):
     """Solve dx/dt = u(x, t) from the noise x_0 at t = 0 to the digit x_1 at t = 1 in `steps` equal Euler or Heun
-    steps; u_fn(x, t) -> velocity, t a float in [0, 1]. Nothing is clipped on the way (to_uint8 clamps the frames,
+    steps; u_fn(x, t) -> velocity, t a float in [0, 1] (wrap it in clip_x1 to clip; to_uint8 clamps the frames,
     not x). Returns x_1 (B, 1, 28, 28), the t visited (steps + 1,) ascending from 0.0 to 1.0, and every x_t as
     uint8 frames (steps + 1, B, 1, 28, 28), for plots and GIFs."""
     ts = flow_timesteps(steps)
@@ -313,7 +328,11 @@ def main(argv=None):
     y_grid = torch.tensor(args.digits, device=device).repeat_interleave(8 * rows_per_digit)  # (8 * rows,)
     row_labels = [str(d) for d in args.digits for _ in range(rows_per_digit)]
     x_0 = torch.randn(len(y_grid), 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
-    u_grid = guided_velocity_fn(ema, y_grid, args.guidance, args.time_scale)
+
+    def u_guided(y, w):  # the velocity the sampler follows: guided by w, its x_1 prediction clipped with --clip
+        u_fn = guided_velocity_fn(ema, y, w, args.time_scale)
+        return clip_x1(u_fn) if args.clip else u_fn
+    u_grid = u_guided(y_grid, args.guidance)
 
     # train: one epoch at a time; a grid after the snapshot epochs; a checkpoint after every epoch
     if not args.sample_only and run["epoch"] < args.epochs:
@@ -337,7 +356,8 @@ def main(argv=None):
     # figures: the final grid with the chosen sampler, its path from noise to digits, and the guidance sweep
     t0 = time.time()
     x1, ts, frames = flow_sample(u_grid, x_0, args.sampler, args.steps)
-    label = f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}, w={args.guidance}"
+    label = f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}, w={args.guidance}" + \
+        (", x_1 clipped" if args.clip else "")
     print(f"sample: {len(x1)} digits, {label}, in {time.time() - t0:.1f} s")
     save_grid(to_unit_range(x1), os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}", row_labels)
     first_of_row = frames[:, ::8]                                 # (steps + 1, rows, 1, 28, 28): one digit per row
@@ -345,8 +365,8 @@ def main(argv=None):
                row_labels)
     save_atomic({"frames": frames, "t": ts, "y": y_grid.cpu(), "nrow": 8}, os.path.join(args.out_dir, "trajectory.pt"))
     every_other = slice(None, None, 2)                            # 4 digits per row, the same noise for each w
-    sweep = {w: to_unit_range(flow_sample(guided_velocity_fn(ema, y_grid[every_other], w, args.time_scale),
-                                          x_0[every_other], args.sampler, args.steps)[0]).cpu() for w in GUIDANCE_SWEEP}
+    sweep = {w: to_unit_range(flow_sample(u_guided(y_grid[every_other], w), x_0[every_other], args.sampler,
+                                          args.steps)[0]).cpu() for w in GUIDANCE_SWEEP}
     plot_guidance_sweep(sweep, os.path.join(args.out_dir, "guidance.png"), row_labels, 4,
                         f"{SCRIPT}: u_u + w (u_c - u_u), EMA, {args.sampler.capitalize()} {args.steps} steps, "
                         f"NFE {args.nfe}")
@@ -358,8 +378,7 @@ def main(argv=None):
         y = torch.tensor(args.digits, device=device).repeat(args.n_samples // len(args.digits) + 1)[:args.n_samples]
         for y_chunk in y.split(250):  # 250 digits = forward batches of 500 (with and without the label)
             noise = torch.randn(len(y_chunk), 1, 28, 28, generator=gen).to(device)
-            x1 = flow_sample(guided_velocity_fn(ema, y_chunk, args.guidance, args.time_scale), noise, args.sampler,
-                             args.steps)[0]
+            x1 = flow_sample(u_guided(y_chunk, args.guidance), noise, args.sampler, args.steps)[0]
             xs.append(to_unit_range(x1).cpu())
         save_samples(torch.cat(xs), y.cpu(), args, run, os.path.join(args.out_dir, "samples.pt"))
         print(f"sample: {args.n_samples} digits, {label}, in {time.time() - t0:.1f} s -> samples.pt")

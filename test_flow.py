@@ -142,6 +142,42 @@ def test_nothing_is_clipped_inside_the_ode():
     assert (frames[1] == 255).all() and (frames[2] == 255).all()
 
 
+
+@pytest.mark.parametrize("module", [flow_time, flow_class])
+def test_clip_x1_clips_the_predicted_digit_and_nothing_else(module):
+    """u' = (clamp(x + (1 - t) u, 0, 1) - x) / (1 - t): the digit it predicts is the clipped one, u is kept
+    where the prediction is in range, and at t = 1 (nothing left to predict) u is returned as it is."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, generator=g, dtype=torch.float64)
+    u = 2 * torch.randn(2000, generator=g, dtype=torch.float64)
+    u_clipped = module.clip_x1(lambda x_, t_: u)
+    for t in (0.0, 0.3, 0.9):
+        x1_hat = x + (1 - t) * u
+        inside = (x1_hat >= 0) & (x1_hat <= 1)
+        assert inside.sum() > 100 and (~inside).sum() > 100
+        u_c = u_clipped(x, t)
+        assert torch.allclose(x + (1 - t) * u_c, x1_hat.clamp(0, 1))
+        assert torch.allclose(u_c[inside], u[inside]) and not torch.allclose(u_c[~inside], u[~inside])
+    assert torch.equal(u_clipped(x, 1.0), u)
+
+
+def test_clip_x1_through_the_sampler():
+    """Data all at c = 0.3 (a point mass): the exact velocity (c - x) / (1 - t) predicts x_1 = c, always in range,
+    so clipping changes nothing and Euler lands on c (Heun's last corrector would divide by 1 - t = 0). A constant push u = 3 (guidance overshoots like
+    this) predicts x_1 = x + 3 (1 - t): unclipped Euler ends at x_0 + 3, far past white; clipped, every step aims
+    at the nearest valid pixel and the last lands on it."""
+    c = 0.3
+    z = torch.randn(5000, 1, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = lambda x, t: (c - x) / (1 - t)  # noqa: E731
+    plain = flow_time.flow_sample(exact, z, "euler", 5)[0]
+    clipped = flow_time.flow_sample(flow_time.clip_x1(exact), z, "euler", 5)[0]
+    assert torch.allclose(plain, clipped) and torch.allclose(clipped, torch.full_like(z, c))
+    push = lambda x, t: torch.full_like(x, 3.0)  # noqa: E731
+    assert torch.allclose(flow_time.flow_sample(push, z, "euler", 5)[0], z + 3)
+    clipped = flow_time.flow_sample(flow_time.clip_x1(push), z, "euler", 5)[0]
+    assert clipped.min() >= -1e-12 and clipped.max() <= 1 + 1e-12
+    assert ((clipped - 1).abs() < 1e-9).float().mean() > 0.95  # every start above -2 ends at white (1)
+
 # --- guidance, through the sampler ---------------------------------------------------------------
 class LabelVelocity(torch.nn.Module):
     """A fake network whose velocity is the label (NULL = 10 for 'no label'); records its inputs."""
@@ -212,6 +248,7 @@ def test_outputs(trained_run):
     assert s["x"].shape == (12, 1, 28, 28) and s["x"].dtype == torch.float32
     assert s["x"].min() >= 0 and s["x"].max() <= 1 and s["x"].std() > 0.05
     assert s["config"]["nfe"] == STEPS and s["config"]["sampler"] == "euler" and s["epoch"] == 2
+    assert s["config"]["clip"] is flow_time.get_args([])[0].clip  # the default, recorded with the samples
     if script == "flow_class.py":
         assert tr["y"].tolist() == [3] * 32 + [7] * 32 and snaps["y"].tolist() == tr["y"].tolist()
         assert s["y"].tolist() == [3, 7] * 6
