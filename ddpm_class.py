@@ -42,6 +42,7 @@ import argparse
 import copy
 import math
 import os
+import signal
 import sys
 import time
 
@@ -646,6 +647,8 @@ def train_epoch(model, ema, opt, loss_fn, x_all, y_all, args, epoch, run):
             ema_update(ema, model, args.ema_decay, step0 + len(losses))
             losses.append(loss.detach())
             bar.update(len(idx))
+            if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
+                raise KeyboardInterrupt
             if len(losses) % 25 == 0 or i + B >= N:  # one host sync every 25 steps, not every step
                 check_finite(torch.stack(losses), epoch, run["epoch"], bar)
                 bar.set_postfix(loss=f"{torch.stack(losses[-25:]).mean().item():.4f}")
@@ -757,6 +760,7 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too.
     Every file another step reads was written atomically, so what is on disk is whole."""
+    signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()
     except KeyboardInterrupt:
@@ -765,6 +769,18 @@ def run_main(main):
     except OSError as e:
         die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
             f"written are whole, and a training run continues from its last finished epoch with --resume")
+
+
+ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
+
+
+def on_ctrl_c(signum, frame):
+    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is remembered: Python drops
+    an exception raised while a finalizer (a __del__, a weakref callback) runs, so a Ctrl-C landing in
+    one would be lost and training would go on. The training loops check the flag after every step."""
+    global ctrl_c_pressed
+    ctrl_c_pressed = True
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -507,6 +508,7 @@ def to_model_range(images_uint8):
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too.
     Every file another step reads was written atomically, so what is on disk is whole."""
+    signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()
     except KeyboardInterrupt:
@@ -515,6 +517,18 @@ def run_main(main):
     except OSError as e:
         die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
             f"written are whole, and a training run continues from its last finished epoch with --resume")
+
+
+ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
+
+
+def on_ctrl_c(signum, frame):
+    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is remembered: Python drops
+    an exception raised while a finalizer (a __del__, a weakref callback) runs, so a Ctrl-C landing in
+    one would be lost and training would go on. The training loops check the flag after every step."""
+    global ctrl_c_pressed
+    ctrl_c_pressed = True
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

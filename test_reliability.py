@@ -210,10 +210,37 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tiny_mnist,
     while not os.path.exists(tmp_path / "ckpt.pt") and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=60)[1]
+    try:
+        err = proc.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("still training 60 s after Ctrl-C; its stderr ends:\n" + proc.communicate()[1][-2000:])
     assert proc.returncode == 130 and "Traceback" not in err
     assert "interrupted" in err.strip().splitlines()[-1] and "--resume" in err
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] >= 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training(tiny_mnist, tmp_path, monkeypatch):
+    """Python drops an exception raised while a finalizer (__del__, a weakref callback) runs, and prints
+    "Exception ignored in". A Ctrl-C that lands there would be lost and training would go on for all its
+    epochs; the handler remembers it, and the loop stops after the step it was pressed in."""
+    real_loss, calls = ddpm_class.ddpm_loss_cfg, []
+
+    class PressesCtrlCWhenFreed:
+        def __del__(self):
+            ddpm_class.on_ctrl_c(signal.SIGINT, None)  # what the signal does if it arrives right now
+
+    def loss_with_a_dropped_ctrl_c(model, x0, y, sched, p_uncond):
+        calls.append(len(x0))
+        if len(x0) == 128 and calls.count(128) == 2:  # training step 2 of epoch 1
+            PressesCtrlCWhenFreed()  # freed at once: its KeyboardInterrupt is raised inside __del__, dropped
+        return real_loss(model, x0, y, sched, p_uncond)
+    monkeypatch.setattr(ddpm_class, "ddpm_loss_cfg", loss_with_a_dropped_ctrl_c)
+    monkeypatch.setattr(ddpm_class, "ctrl_c_pressed", False)  # restored after the test
+    with pytest.raises(KeyboardInterrupt):
+        ddpm_class.main(["--data-dir", tiny_mnist, "--out-dir", str(tmp_path), "--epochs", "3", *TINY])
+    assert calls.count(128) == 2, "training went on after the Ctrl-C"
 
 
 # --- a diverged run ----------------------------------------------------------------------------
