@@ -5,19 +5,24 @@ scripts write with --n-samples (one row per file) next to a floor row of real tr
 eyes of a small CNN classifier trained here once. FID: Heusel et al. 2017, https://arxiv.org/abs/1706.08500;
 KID: Binkowski et al. 2018, https://arxiv.org/abs/1801.01401.
 
-    python evaluate.py runs/ddpm_class/samples.pt                    # table; first run trains the classifier
+    python evaluate.py runs/ddpm_class/samples.pt                    # table, in the shipped classifier's eyes
     python evaluate.py runs/ddpm_class                               # a run folder: its samples.pt
     python evaluate.py runs/ddpm_time runs/ddpm_class --data-dir ~/mnist   # two rows, MNIST already on disk
     python evaluate.py runs/ddpm_class --json                        # one JSON object on stdout, for scripts
     python evaluate.py a.pt --n-real 5000 --classifier runs/clf.pt   # floor of 5000 digits, cache elsewhere
 
 The classifier: (conv3x3 -> BatchNorm -> ReLU -> max-pool) twice (28 -> 14 -> 7), a 128-d feature
-layer, 10 logits. The first run trains it with Adam and a one-cycle LR on random +-2 px shifts of
-the training digits: 4 epochs, about 3 minutes on one CPU core, 99.4 % test accuracy (a warning
-below 99 %). Weights, test accuracy and an arch tag go to DATA_DIR/mnist_classifier.pt (or
---classifier PATH, written atomically) and later runs load them. A cache that does not load or has
-another arch tag is an error, not silently retrained: every score you compare depends on it, so
-replacing it is your decision (delete the file). The test accuracy is measured again on every run.
+layer, 10 logits. The repository ships one, pretrained/mnist_classifier.pt (99.47 % test accuracy):
+every FID in RESULTS.md was computed in its features, so yours compare with them, as FIDs elsewhere
+compare because everyone uses the same Inception weights. Without it (this file copied alone, or
+--classifier PATH to a file that does not exist) the first run trains one with Adam and a one-cycle
+LR on random +-2 px shifts of the training digits: 4 epochs, about 3 minutes on one CPU core,
+99.4 % test accuracy (a warning below 99 %). Weights, test accuracy and an arch tag go to
+DATA_DIR/mnist_classifier.pt (or that PATH, written atomically) and later runs load them. A
+retrained classifier moves FIDs by about 5 %: compare rows scored with the same one. A cache that
+does not load or has another arch tag is an error, not silently retrained: every score you compare
+depends on it, so replacing it is your decision (delete the file). The test accuracy is measured
+again on every run.
 
 Metrics, each on all N samples of a file:
     acc       fraction classified as the requested label y (only if the file has y); also per digit
@@ -44,7 +49,7 @@ Conventions:
     (to_model_range, from the shared data block).
     Bad input (missing file, not a samples dict, wrong shape or range, bad labels, no MNIST data):
     one line on stderr and exit code 2.
-Writes: the table (or --json) on stdout, and the classifier cache on its first run.
+Writes: the table (or --json) on stdout, and the classifier cache when it trains one.
 What you can delete for an assignment: the checks in load_samples and load_classifier keep a wrong file
     from giving quiet nonsense, not the metrics; without --json drop the redirect of stdout; with a
     classifier trained every run (~3 min) drop the cache; with the four IDX files in one folder drop the
@@ -62,8 +67,6 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
-from torchvision.datasets.mnist import read_image_file, read_label_file
 from tqdm import tqdm
 
 ARCH = "evaluate.py cnn32-64-128 v1"  # stored in the cache; change it whenever Classifier changes
@@ -84,7 +87,9 @@ def get_args(argv=None):
     g.add_argument("--n-real", type=number(int, 0), default=0,
                    help=f"training digits in the floor row (0: N of the first file, at most {MAX_REAL})")
     g = ap.add_argument_group("classifier")
-    g.add_argument("--classifier", default="", help="classifier cache (default: DATA_DIR/mnist_classifier.pt)")
+    g.add_argument("--classifier", default="", help="classifier cache (default: the shipped "
+                   "pretrained/mnist_classifier.pt beside this file, else DATA_DIR/mnist_classifier.pt, "
+                   "trained on first use)")
     g.add_argument("--clf-epochs", type=number(int, 1), default=4, help="epochs, when the classifier is trained")
     g.add_argument("--clf-limit", type=number(int, 0), default=0,
                    help="train the classifier on the first N digits (0: all)")
@@ -232,7 +237,7 @@ def main(argv=None):
         x_test, y_test = to_model_range(images), labels
 
         # classifier: the cached one, or one trained now (and cached); its test accuracy is measured every run
-        path = args.classifier or os.path.join(args.data_dir, "mnist_classifier.pt")
+        path = args.classifier or default_classifier(args.data_dir)
         model, n_trained = get_classifier(path, args, x_train, y_train, device)
         test_logits, test_feats = classify(model, x_test, device)  # the test set is also the FID/KID reference
         test_acc = (test_logits.argmax(1) == y_test).double().mean().item()
@@ -310,17 +315,29 @@ def load_samples(path):
 
 def made_by(d):
     """What produced a samples file, from the "config" and "epoch" the generating scripts store: e.g.
-    " (sampler ddim, 50 steps, w=5.0, epoch 20)", or "" for a file without them."""
+    " (sampler ddim, 50 steps, w=5.0, epoch 20)" or " (sampler heun, 10 steps, w=5.0 from 0.6, epoch 15)", or ""
+    for a file without them."""
     config = d.get("config") if isinstance(d.get("config"), dict) else {}
     parts = [f"sampler {config['sampler']}"] if "sampler" in config else []
     steps = config.get("steps") or config.get("T")  # DDPM runs every one of the T steps (steps is None)
     parts += [f"{steps} steps"] if steps else []
     parts += [f"w={config['guidance']}"] if "guidance" in config else []
+    if config.get("guide_from") and config.get("guidance", 0) > 1:  # the guidance interval (from t or s on)
+        parts[-1] += f" from {config['guide_from']:g}"
     parts += [f"epoch {d['epoch']}"] if "epoch" in d else []
     return f" ({', '.join(parts)})" if parts else ""
 
 
 # --- classifier cache ----------------------------------------------------------------------------
+SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "mnist_classifier.pt")
+
+
+def default_classifier(data_dir):
+    """The shipped classifier (the one RESULTS.md scored with) when it is beside this file, else the cache
+    in the data folder, trained on first use."""
+    return SHIPPED_CLASSIFIER if os.path.exists(SHIPPED_CLASSIFIER) else os.path.join(data_dir, "mnist_classifier.pt")
+
+
 def get_classifier(path, args, x_train, y_train, device):
     """The cached classifier, or a new one trained now; returns it and the digits it was trained on
     (None when loaded: nothing to cache)."""
@@ -477,12 +494,28 @@ def find_idx_files(data_dir, train):
     return None
 
 
+def read_idx(path, ndim):
+    """One IDX file as a uint8 tensor (MNIST's format, http://yann.lecun.com/exdb/mnist/): the bytes 0, 0, 8 (uint8)
+    and the number of dimensions, each size as a 4-byte big-endian integer, then the values. Read here, not by
+    torchvision, whose import adds about 3 s to every start (measured on 2 cores); it is imported to download only."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != bytes([0, 0, 8, ndim]):
+        raise ValueError(f"{path} is not an IDX file of {ndim}-d uint8 values")
+    sizes = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    values = data[4 + 4 * ndim:]
+    if len(values) != math.prod(sizes) or not values:
+        raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
+    return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
+
+
 def load_mnist(data_dir, train=True, limit=0):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read by torchvision's IDX readers;
+    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read from its IDX files (read_idx);
     the first `limit` digits only if limit > 0."""
     paths = find_idx_files(data_dir, train)
     if paths is None:  # not on disk: download the way torchvision users expect
         try:
+            import torchvision  # here, not at the top: only a download needs it, and importing it takes seconds
             torchvision.datasets.MNIST(data_dir, train=train, download=True)
         except Exception as e:  # offline, no permission, ...: say where the files go instead
             die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
@@ -491,7 +524,7 @@ def load_mnist(data_dir, train=True, limit=0):
                 f"in {data_dir!r} or pass --data-dir")
         paths = find_idx_files(data_dir, train)
     try:
-        images, labels = read_image_file(paths[0]), read_label_file(paths[1])
+        images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1).long()
     except Exception as e:
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):

@@ -156,6 +156,25 @@ def test_guidance_convention():
         assert out[:, 0, 0, 0].tolist() == expected
 
 
+
+def test_guidance_interval_uses_the_signal_share():
+    """--guide-from S: w > 1 only where sqrt(ab) / (sqrt(ab) + sqrt(1 - ab)) >= S (flow_class's t at that noise
+    level); before it eps_c alone. With the linear schedule, T = 1000, the share falls below 0.5 after t = 259."""
+    class Fake(torch.nn.Module):
+        def forward(self, x, t, y):
+            return x * 0 + y.float().view(-1, 1, 1, 1)
+    sched = ddpm_class.make_schedule(1000, "linear", torch.device("cpu"))
+    ab = sched["alpha_bar"]
+    share = ab.sqrt() / (ab.sqrt() + (1 - ab).sqrt())
+    t_half = int((share >= 0.5).nonzero().max())                  # the noisiest t still guided at S = 0.5
+    assert 250 < t_half < 270
+    y, x = torch.tensor([3, 7]), torch.zeros(2, 1, 28, 28)
+    eps_fn = ddpm_class.guided_eps_fn(Fake(), y, 5, sched, 0.5)
+    assert eps_fn(x, t_half)[:, 0, 0, 0].tolist() == [10 + 5 * (3 - 10), 10 + 5 * (7 - 10)]  # guided
+    assert eps_fn(x, t_half + 1)[:, 0, 0, 0].tolist() == [3, 7]                             # eps_c alone
+    assert ddpm_class.guided_eps_fn(Fake(), y, 0, sched, 0.5)(x, 900)[:, 0, 0, 0].tolist() == [10, 10]
+
+
 def test_labels_dropped_per_sample(tiny_mnist):
     """Classifier-free guidance drops ~10% of the labels, chosen per sample within each batch."""
     seen = []
@@ -195,7 +214,7 @@ def test_data_range(tiny_mnist):
 def test_killed_run_resumes_to_the_same_weights(script, tiny_mnist, tmp_path):
     """Kill a run with SIGKILL as soon as its first checkpoint is on disk, resume it, and compare
     with an uninterrupted run: model, EMA and optimizer must be bit-identical."""
-    args = ["--data-dir", tiny_mnist, "--epochs", "4", "--T", "20", "--channels", "8", "8", "8", "--device", "cpu"]
+    args = ["--data-dir", tiny_mnist, "--epochs", "4", "--T", "10", "--channels", "8", "8", "8", "--device", "cpu"]
     run_script(script, *args, "--out-dir", tmp_path / "full")
     ckpt = tmp_path / "killed" / "ckpt.pt"
     kill_when_written(script, [*args, "--out-dir", tmp_path / "killed"], ckpt)

@@ -206,15 +206,30 @@ class LabelVelocity(torch.nn.Module):
 @pytest.mark.parametrize("w", [0, 1, 5])
 def test_guidance_through_the_sampler(w):
     """u = u_u + w (u_c - u_u): with a constant velocity x_1 = x_0 + u, so w = 0 ends at x_0 + NULL
-    (unconditional), w = 1 at x_0 + y (conditional). One forward pass on 2B inputs per evaluation,
-    the network fed 1000 t."""
+    (unconditional), w = 1 at x_0 + y (conditional). One forward pass per evaluation, on 2B inputs when
+    guided and on B for u_u or u_c alone (w = 0, 1), the network fed 1000 t."""
     net, y = LabelVelocity(), torch.tensor([3, 7])
     x0 = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     x1 = flow_class.flow_sample(flow_class.guided_velocity_fn(net, y, w, 1000.0), x0, "heun", 2)[0]
     expected = 10 + w * (y.float() - 10)
     assert torch.allclose(x1 - x0, expected.view(-1, 1, 1, 1).expand_as(x0), atol=1e-5)
-    assert [n for n, _ in net.seen] == [4] * flow_class.count_nfe("heun", 2)
+    assert [n for n, _ in net.seen] == [2 if w in (0, 1) else 4] * flow_class.count_nfe("heun", 2)
     assert [t[0].item() for _, t in net.seen] == [0, 500, 500]  # Heun: t, the corrector at t + dt; the last step Euler
+
+
+@pytest.mark.parametrize("w", [0, 0.5, 5])
+def test_guidance_interval_through_the_sampler(w):
+    """--guide-from 0.5: Euler 4 visits t = 0, 0.25 (before: w capped at 1, u_c alone for w = 5, one pass on B
+    inputs) and 0.5, 0.75 (guided, 2B). The velocity is constant in each step, so x_1 - x_0 is the mean of the four.
+    w <= 1 is not guidance (no extrapolation) and stays as it is everywhere."""
+    net, y = LabelVelocity(), torch.tensor([3, 7])
+    x0 = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x1 = flow_class.flow_sample(flow_class.guided_velocity_fn(net, y, w, 1000.0, 0.5), x0, "euler", 4)[0]
+    u_early, u_late = (10 + min(w, 1) * (y.float() - 10)), (10 + w * (y.float() - 10))
+    expected = (u_early + u_late) / 2
+    assert torch.allclose(x1 - x0, expected.view(-1, 1, 1, 1).expand_as(x0), atol=1e-5)
+    assert [t[0].item() for _, t in net.seen] == [0, 250, 500, 750]
+    assert [n for n, _ in net.seen] == ([2, 2, 4, 4] if w == 5 else [2] * 4 if w == 0 else [4] * 4)
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -343,6 +358,7 @@ def test_bad_flag_is_a_one_line_error(tmp_path):
     (flow_time, ["--sampler", "rk4"], "--sampler"),
     (flow_class, ["--guidance", "nan"], "--guidance"),
     (flow_class, ["--steps", "-3"], "--steps"),
+    (flow_class, ["--guide-from", "1.5"], "--guide-from"),
 ])
 def test_bad_flags_stop_the_parser(module, args, says, tmp_path, capsys):
     assert says in main_error(module, ["--out-dir", tmp_path, *args], capsys)

@@ -18,7 +18,7 @@ import ddpm_class
 import ddpm_time
 from conftest import HERE, one_line_error, run_script
 
-TINY = ["--T", "20", "--channels", "8", "8", "8", "--device", "cpu"]
+TINY = ["--T", "10", "--channels", "8", "8", "8", "--device", "cpu"]
 SCRIPTS = ["ddpm_time.py", "ddpm_class.py"]
 
 
@@ -49,7 +49,7 @@ def main_error(module, argv, capsys):
 @pytest.mark.parametrize("flag,value,stored", [
     ("--lr", "0.001", "0.002"), ("--batch-size", "128", "64"), ("--p-uncond", "0.1", "0.2"), ("--seed", "1", "0"),
     ("--ema-decay", "0.99", "0.999"), ("--limit", "100", "0"), ("--schedule", "cosine", "linear"),
-    ("--T", "30", "20"), ("--channels", "16 16 16", "[8, 8, 8]")])
+    ("--T", "30", "10"), ("--channels", "16 16 16", "[8, 8, 8]")])
 def test_changed_training_flag_on_resume_is_an_error(finished, tmp_path, flag, value, stored, capsys):
     run = copy_run(finished, tmp_path)
     before = os.path.getmtime(os.path.join(run, "ckpt.pt"))

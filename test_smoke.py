@@ -119,6 +119,33 @@ def test_kaggle_layout_loads(layout, tmp_path):
     assert ddpm_time.load_mnist(str(tmp_path), train=False)[0].shape == (256, 28, 28)
 
 
+def test_our_idx_reader_and_grid_match_torchvision(tmp_path):
+    """The scripts read MNIST and tile digits without importing torchvision (3 s at every start): read_idx must
+    give what torchvision's IDX readers give, and image_grid what make_grid gives (from 2 digits on; make_grid
+    returns a single digit unpadded)."""
+    import torchvision
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+    import ddpm_time
+    images, labels = ddpm_time.find_idx_files(make_mnist_dir(str(tmp_path / "m"), n_train=300), train=True)
+    assert torch.equal(ddpm_time.read_idx(images, 3), read_image_file(images))
+    assert torch.equal(ddpm_time.read_idx(labels, 1).long(), read_label_file(labels))
+    for n, nrow in [(80, 8), (5, 8), (13, 4), (2, 1)]:
+        x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(n))
+        assert torch.equal(ddpm_time.image_grid(x, nrow), torchvision.utils.make_grid(x, nrow, 2, pad_value=1.0)[0])
+
+
+@pytest.mark.parametrize("cut", ["header", "values"])
+def test_a_broken_idx_file_is_one_line(cut, tmp_path):
+    """A truncated or foreign file where MNIST should be: one line naming it, exit code 2."""
+    folder = make_mnist_dir(str(tmp_path / "m"), n_train=64)
+    path = os.path.join(folder, "train-images-idx3-ubyte")
+    with open(path, "r+b") as f:
+        f.truncate(3 if cut == "header" else os.path.getsize(path) - 5)
+    r = run_script("ddpm_time.py", "--data-dir", folder, "--out-dir", tmp_path / "out", *TINY, check=False)
+    assert "cannot read MNIST IDX files" in one_line_error(r) and "train-images-idx3-ubyte" in r.stderr
+    assert not os.path.exists(tmp_path / "out" / "ckpt.pt")
+
+
 @pytest.mark.parametrize("script", DDPM_SCRIPTS)
 def test_no_data_offline_is_a_clear_error(script, tmp_path):
     r = run_script(script, "--data-dir", tmp_path / "empty", "--out-dir", tmp_path / "out", *TINY, check=False)
