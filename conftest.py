@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REAL_MNIST = os.path.join(HERE, "..", "shared", "mnist")  # the CI machine's real copy, if present
+# the real MNIST copy, if present: $MNIST_DIR (tools/gpu_check.sh sets it), else the CI machine's copy
+REAL_MNIST = os.environ.get("MNIST_DIR") or os.path.join(HERE, "..", "shared", "mnist")
 
 
 def write_idx(path, tensor):

@@ -1,11 +1,10 @@
-r"""Time-conditioned DDPM on MNIST: train, sample, plot. One file, no config.
+r"""Time-conditioned DDPM on MNIST: train, sample, plot. One file; every setting is a flag (get_args, below).
 
 Papers: Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models", https://arxiv.org/abs/2006.11239
         Song, Meng, Ermon 2020, "Denoising Diffusion Implicit Models" (DDIM), https://arxiv.org/abs/2010.02502
 
     python ddpm_time.py                                   # train 20 epochs, sample 64 digits, plot
-    python ddpm_time.py --data-dir ~/mnist                # MNIST already on disk (a folder of IDX files)
-    python ddpm_time.py --resume                          # continue a killed run from its last epoch
+    python ddpm_time.py --data-dir ~/mnist --resume       # MNIST already on disk; continue a killed run
     python ddpm_time.py --sample-only --sampler ddim --n-samples 1000    # 1,000 digits for evaluate.py
     python ddpm_time.py --ckpt pretrained/ddpm_time.pt    # 64 digits from the shipped weights
 
@@ -19,19 +18,19 @@ Math (t in {1..T}, 1-indexed as in the paper; x_0 is a digit, x_T is noise):
     ddim_step    x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps,  s < t  (deterministic, eta = 0)
 Conventions:
     t: training draws t in {1..T}; sampling runs t = T, ..., 1; no noise is added at the last step (t = 1).
-    sampler: DDPM over all T steps by default. Unguided, it scored far better than DDIM with 50 steps (FID in
-    evaluate.py's classifier features 6.93 against 12.95, a 5-epoch model, RESULTS.md); DDIM is 6x faster.
-    ddpm_class.py, guided, defaults to DDIM (there it scored better).
+    The course's schedule (linear, T = 300) leaves sqrt(alpha_bar_T) = 0.219 of the digit in x_T, yet sampling
+    starts from pure noise; --T 1000 leaves 0.006, the cosine schedule almost none (compare_schedules.py).
     The network sees the integer t through a sinusoidal embedding.
-    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); everything saved is in [0, 1] or uint8.
-    Every sampler step clips its predicted x_0 to [0, 1] and uses the eps that matches it (Ho et al.'s
-    clip_denoised): unchanged where x_0 is in range, and it keeps a bad eps from blowing up a step.
-Writes to --out-dir (default runs/ddpm_time): ckpt.pt (every epoch, atomically), samples_epochNNN.png
-    (epochs 1, 5, 10, 15, 20 and the last), samples.png, strip.png, loss.png, trajectory.pt and
-    snapshots.pt (for make_gif.py), samples.pt (--n-samples N, for evaluate.py).
-What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without
-    --resume/--sample-only drop the checkpoint checks and RNG state; without FLOP counting drop
-    train_flops_per_image; with the four IDX files in one folder drop the Kaggle layouts in find_idx_files.
+    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); saved in [0, 1] or uint8. Every sampler step clips
+    its x_0 to [0, 1] and uses the matching eps (Ho et al.'s clip_denoised): a bad eps cannot blow up a step.
+    Sampler: DDPM over all T steps, the course's. Unguided, it scores far better than DDIM 50, which takes 50 of
+    the T steps (RESULTS.md); ddpm_class.py, guided, defaults to DDIM (there DDIM scored better).
+Writes to --out-dir (default runs/ddpm_time): ckpt.pt (every epoch, atomically), samples_epochNNN.png (epochs 1, 5,
+    10, 15, 20, last), samples.png, strip.png, loss.png, trajectory.pt and snapshots.pt (make_gif.py), samples.pt
+    (--n-samples N, for evaluate.py).
+What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without --resume and
+    --sample-only drop open_run, restore_run and the RNG state; with the four IDX files in one folder drop the
+    Kaggle layouts in find_idx_files.
 """
 import argparse
 import copy
@@ -86,7 +85,7 @@ def get_args(argv=None):
                                               "in pretrained/ or another run's ckpt.pt); implies --sample-only")
     g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
-    args = ap.parse_args(argv)
+    args, given = parse_flags(ap, argv)  # given: the flags on the command line, which --resume checks
     if args.ckpt and args.resume:
         ap.error("--ckpt is for sampling (it implies --sample-only); --resume continues OUT_DIR/ckpt.pt")
     args.sample_only = args.sample_only or bool(args.ckpt)
@@ -96,7 +95,7 @@ def get_args(argv=None):
         ap.error("--steps is for --sampler ddim: DDPM runs every one of the T steps")
     if args.sampler == "ddim":
         args.steps = args.steps or DDIM_STEPS
-    return args, typed_flags(ap, argv)  # typed: the flags given, which --resume checks against the checkpoint
+    return args, given
 
 
 # --- shared: schedule ---
@@ -170,8 +169,8 @@ class SelfAttention(nn.Module):
 # --- shared: UNet ---
 class UNet(nn.Module):
     """The network: eps_theta(x_t, t) for DDPM (u_theta for flow matching), or with n_classes also given the
-    label y. 28x28 -> 14x14 -> 7x7 (+ attention) -> back up; the skips are added, not concatenated
-    (1.14x faster training, measured in RESULTS.md). y has a learned embedding added to the time embedding."""
+    label y (a learned embedding, added to the time embedding). 28x28 -> 14x14 -> 7x7 (+ attention) -> back up;
+    the skips are added, not concatenated: faster, at the same quality (RESULTS.md)."""
 
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
@@ -268,8 +267,9 @@ def ddpm_loss(model, x0, sched):
 # --- shared: EMA ---
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
-    """theta_ema <- d theta_ema + (1 - d) theta, with d = min(decay, (1 + step) / (10 + step)):
-    the warm-up lets the EMA forget the random initial weights within the first epoch."""
+    """theta_ema <- d theta_ema + (1 - d) theta,  d = min(decay, (1 + step) / (10 + step)). The warm-up soon forgets
+    the random initial weights, but d reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,991 for 0.999,
+    epoch 20 at 469 steps per epoch. Until then the warm-up, not --ema-decay, sets how long the average is."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
@@ -277,43 +277,51 @@ def ema_update(ema, model, decay, step):
 
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
-    # setup: flags, device, output folder, schedule, model (and the checkpoint, to continue or sample)
-    args, typed = get_args(argv)
+    # setup: flags and device; with --resume or --sample-only, the checkpoint (its flags are the run's)
+    args, given = get_args(argv)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
-    continuing = args.resume or args.sample_only
-    ckpt_path = prepare_out_dir(args.out_dir, continuing)
-    ckpt = load_checkpoint(args.ckpt or ckpt_path, args, typed, SCRIPT, TRAIN_KEYS) if continuing else None
+    ckpt_path, ckpt = open_run(args, given, SCRIPT, TRAIN_KEYS)
     print(vars(args))
+
+    # the schedule and the model: eps_theta(x_t, t), its EMA (what we sample from), AdamW
     sched = make_schedule(args.T, args.schedule, device)
     print(f"device {device}  threads {torch.get_num_threads()}  T={args.T} {args.schedule}  "
           f"sqrt(alpha_bar_T) = {sched['alpha_bar'][-1].sqrt().item():.3f} (signal left at t = T)")
-    model = UNet(args.channels).to(device, memory_format=torch.channels_last)  # channels_last: 1.2x on CPU
+    model = UNet(args.channels).to(device, memory_format=torch.channels_last)  # faster on CPU
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, channels {args.channels}")
-    run = restore_run(ckpt, model, ema, opt, device, args.out_dir)
+    run = restore_run(ckpt, model, ema, opt, device, args.out_dir)  # epochs done, losses; weights if continuing
 
     # the grid: the same starting noise x_T after every epoch, from its own generator so sampling never
     # touches the training RNG; sampling always uses the EMA weights
     x_T = torch.randn(GRID, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
     eps_fn = lambda x, t: ema(x, torch.full((len(x),), t, device=device))  # noqa: E731  eps_theta(x_t, t)
 
-    # train: one epoch at a time; a grid after the snapshot epochs; a checkpoint after every epoch
+    # train: the whole set on the device, shuffled batches (no DataLoader); a checkpoint after every epoch
     if not args.sample_only and run["epoch"] < args.epochs:
         images, _ = load_mnist(args.data_dir, train=True, limit=args.limit)
-        x_all = to_model_range(images).to(device)                 # the whole set on the device, (N, 1, 28, 28)
-        loss_fn = lambda model, x0, y: ddpm_loss(model, x0, sched)  # noqa: E731  (no labels: y is None)
-        flops = train_flops_per_image(model, loss_fn, x_all[:8], None, device)
-        print(f"training on {len(x_all)} digits, {flops / 1e9:.3f} GFLOP per image per training step")
-        train_s, first = 0.0, run["epoch"] + 1
+        x_all = to_model_range(images).to(device)                 # (N, 1, 28, 28)
+        print(f"training on {len(x_all)} digits")
+        step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1  # step: optimizer steps so far
         for epoch in range(first, args.epochs + 1):
-            train_s += train_epoch(model, ema, opt, loss_fn, x_all, None, args, epoch, run)
-            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # cheap DDIM 50 on the EMA weights
+            with EpochLog(run, epoch, args.epochs, len(x_all)) as log:  # progress bar, NaN stop, Ctrl-C
+                for idx in torch.randperm(len(x_all), device=device).split(args.batch_size):
+                    loss = ddpm_loss(model, x_all[idx], sched)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    ema_update(ema, model, args.ema_decay, step)
+                    step += 1
+                    log.step(loss, len(idx))
+            train_s += log.seconds
+            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # DDIM 50 on the EMA weights
                 x0 = sample(eps_fn, x_T, sched, "ddim", DDIM_STEPS, None)[0]
                 save_snapshot(run, epoch, x0, None, args.out_dir, None, f"{SCRIPT}: epoch {epoch} (EMA, DDIM 50)")
             save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
-        report_speed(train_s, args.epochs - first + 1, len(x_all), flops)
+        n = args.epochs - first + 1
+        print(f"train: {train_s / n:.1f} s/epoch, {n * len(x_all) / train_s:.0f} img/s")
     if len(run["loss_history"]):
         plot_loss(run["loss_history"], os.path.join(args.out_dir, "loss.png"), f"{SCRIPT}: training loss")
 
@@ -345,8 +353,7 @@ def main(argv=None):
 # =================================================================================================
 # --- shared: flag types ---
 def number(kind, lo, hi=math.inf, lo_included=True):
-    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included). "--lr nan",
-    "--epochs -1" or "--guidance inf" stop the parser with one line that names the flag."""
+    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
     def parse(text):
         try:
             value = kind(text)
@@ -360,18 +367,13 @@ def number(kind, lo, hi=math.inf, lo_included=True):
     return parse
 
 
-# --- shared: typed flags ---
-def typed_flags(ap, argv):
-    """The flags the user gave (their dests), whether or not the value equals the default."""
-    defaults = {a.dest: a.default for a in ap._actions}
-    for a in ap._actions:
-        a.default = argparse.SUPPRESS  # a flag that was not given then leaves no attribute
-    try:
-        return set(vars(ap.parse_args(argv)))
-    finally:
-        for a in ap._actions:
-            a.default = defaults[a.dest]
-
+# --- shared: given flags ---
+def parse_flags(ap, argv):
+    """The flags, and the names of those given on the command line whatever their value: parsed again into a
+    namespace that already holds a marker for every flag, so that defaults are not filled in."""
+    args, unset = ap.parse_args(argv), object()
+    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return args, {k for k, v in vars(again).items() if v is not unset}
 
 # --- shared: errors ---
 def die(msg, code=2):
@@ -379,53 +381,37 @@ def die(msg, code=2):
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
 
-
 # --- shared: device ---
 def pick_device(name):
     """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
+        mps = torch.backends.mps.is_available()
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        die(f"unknown --device {name!r} (use auto, cpu, cuda, cuda:1 or mps)")
-    if device.type not in ("cpu", "cuda", "mps"):
-        die(f"--device {name}: this script runs on cpu, cuda or mps")
-    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
-        die(f"--device {name}: this machine has no such CUDA GPU (use --device auto or cpu)")
-    if device.type == "mps" and not mps:
-        die(f"--device {name}: Apple's mps is not available here (use --device auto or cpu)")
-    return device
-
+        if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(name)
+        return torch.empty(0, device=name).device  # fails on a device this machine lacks
+    except Exception:
+        die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
 
 # --- shared: data ---
 IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
-
 def find_idx_files(data_dir, train):
-    """Paths of the raw IDX image and label files, or None. Accepts torchvision's layout
-    (DIR/MNIST/raw/train-images-idx3-ubyte), a plain folder of the four files, and the Kaggle
-    download (dotted names such as train-images.idx3-ubyte, often inside archive/)."""
+    """Paths of the IDX image and label files, or None: torchvision's layout (DIR/MNIST/raw/...), a plain folder
+    of the four files, or the Kaggle download (dotted names such as train-images.idx3-ubyte, often in archive/)."""
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for dotted in (False, True):
-            paths = []
-            for name in IDX_NAMES[train]:
-                name = name.replace("-idx", ".idx") if dotted else name
-                path = os.path.join(data_dir, folder, name)
-                if os.path.isdir(path):  # Kaggle also ships a folder of the same name around the file
-                    path = os.path.join(path, name)
-                paths.append(path)
+        for names in (IDX_NAMES[train], [n.replace("-idx", ".idx") for n in IDX_NAMES[train]]):
+            paths = [os.path.join(data_dir, folder, n) for n in names]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
             if all(os.path.isfile(p) for p in paths):
                 return paths
     return None
 
-
 def read_idx(path, ndim):
-    """One IDX file as a uint8 tensor (MNIST's format, http://yann.lecun.com/exdb/mnist/): the bytes 0, 0, 8 (uint8)
-    and the number of dimensions, each size as a 4-byte big-endian integer, then the values. Read here, not by
-    torchvision, whose import adds about 3 s to every start (measured on 2 cores); it is imported to download only."""
+    """One IDX file (MNIST's format: bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values)
+    as a uint8 tensor. Read here, not by torchvision, which is slow to import: it is imported to download only."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -436,21 +422,17 @@ def read_idx(path, ndim):
         raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
-
 def load_mnist(data_dir, train=True, limit=0):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read from its IDX files (read_idx);
-    the first `limit` digits only if limit > 0."""
-    paths = find_idx_files(data_dir, train)
-    if paths is None:  # not on disk: download the way torchvision users expect
+    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,); the first `limit` digits only if limit > 0."""
+    if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
-            import torchvision  # here, not at the top: only a download needs it, and importing it takes seconds
+            import torchvision  # here, not at the top: only a download needs it
             torchvision.datasets.MNIST(data_dir, train=train, download=True)
         except Exception as e:  # offline, no permission, ...: say where the files go instead
-            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
-                f"Put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, or the Kaggle .idx names) "
-                f"in {data_dir!r} or pass --data-dir")
-        paths = find_idx_files(data_dir, train)
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). Put the four IDX "
+                f"files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                f"t10k-labels-idx1-ubyte, or the Kaggle .idx names) in {data_dir!r} or pass --data-dir")
+    paths = find_idx_files(data_dir, train)
     try:
         images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1).long()
     except Exception as e:
@@ -459,27 +441,23 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
     return (images[:limit], labels[:limit]) if limit else (images, labels)
 
-
 def to_model_range(images_uint8):
     """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
     return images_uint8.unsqueeze(1).float().div(255)
-
 
 # --- shared: saved pixels ---
 def to_unit_range(x):
     """Model output -> [0, 1] for saving and plotting: clamped, since samples can overshoot."""
     return x.clamp(0, 1)
 
-
 def to_uint8(x):
     """[0, 1] -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
     return (to_unit_range(x) * 255).round().to(torch.uint8)
 
-
 # --- shared: atomic save ---
 def save_atomic(obj, path):
-    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk
-    leaves the previous file whole (never half a new one), and the next step reads either."""
+    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk leaves the
+    previous file whole, never half a new one."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -492,17 +470,14 @@ def save_atomic(obj, path):
             os.remove(tmp)
         die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
 
-
 # --- shared: out dir ---
 def prepare_out_dir(out_dir, continuing):
-    """Create --out-dir and check it takes files; returns the checkpoint path. A finished run in it is
-    never overwritten by accident: it needs --resume or --sample-only."""
+    """Create --out-dir, check that it takes files, return the checkpoint path. A finished run there is never
+    overwritten by accident: it needs --resume or --sample-only."""
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write_test")
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        os.remove(probe)
+        open(os.path.join(out_dir, ".write_test"), "wb").close()
+        os.remove(os.path.join(out_dir, ".write_test"))
     except OSError as e:
         die(f"cannot write to --out-dir {out_dir!r} ({e.strerror or e})")
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
@@ -510,12 +485,14 @@ def prepare_out_dir(out_dir, continuing):
         die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, or another --out-dir")
     return ckpt_path
 
-
 # --- shared: checkpoints ---
-def load_checkpoint(path, args, typed, script, train_keys):
-    """Read ckpt.pt for --resume or --sample-only. Every training flag the user gave must equal the
-    checkpoint's (else a one-line error naming the flag); flags not given take the checkpoint's values,
-    so the run continues exactly. --epochs may grow."""
+def open_run(args, given, script, train_keys):
+    """ckpt.pt's path, and for --resume or --sample-only the checkpoint (--ckpt, else ckpt.pt; None for a new run),
+    whose training flags the run takes: one given with another value is a one-line error. --epochs may grow."""
+    ckpt_path = prepare_out_dir(args.out_dir, args.resume or args.sample_only)
+    path = args.ckpt or ckpt_path
+    if not (args.resume or args.sample_only):
+        return ckpt_path, None
     if not os.path.isfile(path):
         die(f"no checkpoint at {path}: train first (without --resume / --sample-only)")
     try:
@@ -528,22 +505,19 @@ def load_checkpoint(path, args, typed, script, train_keys):
     if args.resume and "opt" not in ckpt:  # a shipped file: the EMA weights only, no optimizer to continue
         die(f"{path} holds sampling weights only (no optimizer state): sample from it with --ckpt, not --resume")
     for k in train_keys:
-        if k in typed and k in config and getattr(args, k) != config[k]:
+        if k in given and k in config and getattr(args, k) != config[k]:
             flag = "--" + k.replace("_", "-")
             die(f"{path} was trained with {flag} {config[k]}, you gave {flag} {getattr(args, k)}: "
                 f"drop the flag to continue that run, or use another --out-dir")
         setattr(args, k, config.get(k, getattr(args, k)))
-    if "epochs" not in typed:
-        args.epochs = max(config["epochs"], ckpt["epoch"])
+    args.epochs = args.epochs if "epochs" in given else max(config["epochs"], ckpt["epoch"])
     print(f"loaded {path}: {ckpt['epoch']} epochs done")
     if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
         print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
-    return ckpt
-
+    return ckpt_path, ckpt
 
 def restore_run(ckpt, model, ema, opt, device, out_dir):
-    """The run's state: epochs done, loss history and per-epoch grids, with the weights, the optimizer
-    and the RNG put back from the checkpoint (or a fresh run if ckpt is None)."""
+    """The run so far: epochs done, losses and per-epoch grids, with the weights, optimizer and RNG put back."""
     run = {"epoch": 0, "loss_history": torch.zeros(0), "snapshots": {}}
     if ckpt is None:
         return run
@@ -558,9 +532,9 @@ def restore_run(ckpt, model, ema, opt, device, out_dir):
     run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
     snap_path = os.path.join(out_dir, "snapshots.pt")
     if os.path.exists(snap_path):
-        run["snapshots"] = {e: g for e, g in torch.load(snap_path, weights_only=True)["grids"].items() if e <= run["epoch"]}
+        grids = torch.load(snap_path, weights_only=True)["grids"]
+        run["snapshots"] = {e: g for e, g in grids.items() if e <= run["epoch"]}
     return run
-
 
 def save_run(run, model, ema, opt, args, device, path, script):
     """The checkpoint: weights, EMA, optimizer, RNG, loss history and the flags that made them."""
@@ -568,17 +542,13 @@ def save_run(run, model, ema, opt, args, device, path, script):
                  "ema": ema.state_dict(), "opt": opt.state_dict(), "loss_history": run["loss_history"],
                  "rng": rng_state(device)}, path)
 
-
 # --- shared: RNG state ---
 def rng_state(device):
     """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
     state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if device.type == "mps":
-        state["mps"] = torch.mps.get_rng_state()
+    if device.type in ("cuda", "mps"):
+        state[device.type] = torch.cuda.get_rng_state_all() if device.type == "cuda" else torch.mps.get_rng_state()
     return state
-
 
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
@@ -587,83 +557,52 @@ def set_rng_state(state, device):
     if device.type == "mps" and state.get("mps") is not None:
         torch.mps.set_rng_state(state["mps"])
 
+# --- shared: epoch log ---
+class EpochLog:
+    """The training loop's bookkeeping for one epoch: the progress bar, Ctrl-C, and a check every 25 steps (the
+    only host sync) that stops at the first NaN or infinite loss, before a checkpoint holds it. On a clean exit
+    the epoch's losses join run["loss_history"], run["epoch"] is set and .seconds is the epoch's time."""
 
-# --- shared: training loop ---
-def train_epoch(model, ema, opt, loss_fn, x_all, y_all, args, epoch, run):
-    """One pass over the data in shuffled batches (randperm on the device, no DataLoader); loss_fn(model,
-    x0, y) is the loss of a batch (y is None without labels). Appends the per-step losses to
-    run["loss_history"], sets run["epoch"] and returns the seconds it took. The only host syncs are the
-    progress-bar updates, every 25 steps: a non-finite loss stops the run there, before any checkpoint."""
-    model.train()
-    t0, N, B = time.time(), len(x_all), args.batch_size
-    perm = torch.randperm(N, device=x_all.device)
-    losses, step0 = [], len(run["loss_history"])
-    bar = tqdm(total=N, desc=f"epoch {epoch}/{args.epochs}", unit="img", unit_scale=True, leave=True)
-    try:
-        for i in range(0, N, B):
-            idx = perm[i:i + B]
-            loss = loss_fn(model, x_all[idx], None if y_all is None else y_all[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema_update(ema, model, args.ema_decay, step0 + len(losses))
-            losses.append(loss.detach())
-            bar.update(len(idx))
-            if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
-                raise KeyboardInterrupt
-            if len(losses) % 25 == 0 or i + B >= N:  # one host sync every 25 steps, not every step
-                check_finite(torch.stack(losses), epoch, run["epoch"], bar)
-                bar.set_postfix(loss=f"{torch.stack(losses[-25:]).mean().item():.4f}")
-    finally:
-        bar.close()  # also on Ctrl-C, before the one-line message (a bar closed later would print after it)
-    run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
-    run["epoch"] = epoch
-    return time.time() - t0
+    def __init__(self, run, epoch, epochs, n_images):
+        self.run, self.epoch, self.losses, self.t0 = run, epoch, [], time.time()
+        self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
 
+    def __enter__(self):
+        return self
 
-def check_finite(losses, epoch, last_good, bar):
-    """Stop at the first NaN or infinite loss: the checkpoint on disk stays the last good epoch."""
-    bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
-        bar.close()  # else the bar redraws itself after the error line
-        step = bad[0].item()
-        kept = f"ckpt.pt still holds epoch {last_good}, the last good one" if last_good else "no checkpoint was written"
-        die(f"the loss is {losses[step].item()} at epoch {epoch}, step {step + 1}: training stopped; {kept} "
-            f"(a lower --lr may help)")
+    def step(self, loss, n_images):
+        self.losses.append(loss.detach())
+        self.bar.update(n_images)
+        if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
+            raise KeyboardInterrupt
+        if len(self.losses) % 25 == 0 or self.bar.n >= self.bar.total:  # one host sync every 25 steps
+            losses = torch.stack(self.losses)
+            bad = (~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                self.bar.close()  # else the bar redraws itself after the error line
+                last, step = self.run["epoch"], bad[0].item()
+                kept = f"ckpt.pt still holds epoch {last}, the last good one" if last else "no checkpoint was written"
+                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: training stopped; "
+                    f"{kept} (a lower --lr may help)")
+            self.bar.set_postfix(loss=f"{losses[-25:].mean().item():.4f}")
 
-
-# --- shared: speed ---
-def train_flops_per_image(model, loss_fn, x, y, device):
-    """FLOPs of one training step (forward + backward) per image, counted by PyTorch on a small batch.
-    The RNG is put back, so counting changes nothing in the run."""
-    from torch.utils.flop_counter import FlopCounterMode
-    state = rng_state(device)
-    with FlopCounterMode(display=False) as fc:
-        loss_fn(model, x, y).backward()
-    model.zero_grad(set_to_none=True)
-    set_rng_state(state, device)
-    return fc.get_total_flops() / len(x)
-
-
-def report_speed(seconds, n_epochs, n_images, flops):
-    print(f"train: {seconds / max(1, n_epochs):.1f} s/epoch, {n_epochs * n_images / seconds:.0f} img/s, "
-          f"{n_epochs * n_images / seconds * flops / 1e9:.0f} GFLOP/s")
-
+    def __exit__(self, error, *_):
+        self.bar.close()  # also on Ctrl-C, before the one-line message (a bar closed later would print after it)
+        if error is None:
+            self.run["loss_history"] = torch.cat([self.run["loss_history"], torch.stack(self.losses).cpu()])
+            self.run["epoch"], self.seconds = self.epoch, time.time() - self.t0
 
 # --- shared: snapshots ---
-def save_snapshot(run, epoch, x0, y, out_dir, row_labels, title):
-    """The grid after an epoch: a PNG, and all grids so far in snapshots.pt (for make_gif.py --progress)."""
-    run["snapshots"][epoch] = to_uint8(x0).cpu()
-    save_grid(to_unit_range(x0), os.path.join(out_dir, f"samples_epoch{epoch:03d}.png"), 8, title, row_labels)
+def save_snapshot(run, epoch, x, y, out_dir, row_labels, title):
+    """The grid of samples x after an epoch: a PNG, and all grids so far in snapshots.pt (make_gif.py --progress)."""
+    run["snapshots"][epoch] = to_uint8(x).cpu()
+    save_grid(to_unit_range(x), os.path.join(out_dir, f"samples_epoch{epoch:03d}.png"), 8, title, row_labels)
     save_atomic({"grids": run["snapshots"], "y": None if y is None else y.cpu()}, os.path.join(out_dir, "snapshots.pt"))
-
 
 # --- shared: samples file ---
 def save_samples(x, y, args, run, path):
-    """samples.pt for evaluate.py: x (N, 1, 28, 28) in [0, 1], labels y (N,) or None, and the flags and
-    epoch that produced them."""
+    """samples.pt for evaluate.py: x (N, 1, 28, 28) in [0, 1], labels y (N,) or None, the flags and the epoch."""
     save_atomic({"x": x, "y": y, "config": vars(args), "epoch": run["epoch"]}, path)
-
 
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
@@ -671,29 +610,23 @@ def image_grid(x01, nrow, pad=2):
     torchvision's make_grid(x01, nrow, padding=2, pad_value=1)[0], without importing torchvision (slow)."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
-    rows = math.ceil(n / cols)
-    grid = torch.ones(rows * (h + pad) + pad, cols * (w + pad) + pad)
+    grid = torch.ones(math.ceil(n / cols) * (h + pad) + pad, cols * (w + pad) + pad)
     for i in range(n):
         r, c = divmod(i, cols)
         grid[pad + r * (h + pad):(r + 1) * (h + pad), pad + c * (w + pad):(c + 1) * (w + pad)] = x01[i, 0]
     return grid
 
-
 # --- shared: plot grid ---
-def save_grid(x01, path, nrow, title, row_labels=None):
-    """x01 (N, 1, 28, 28) in [0, 1] -> one PNG of a grid, nrow images per row."""
-    grid = image_grid(x01.float().cpu(), nrow)
+def save_grid(x01, path, nrow, title, row_labels=None, col_labels=None):
+    """x01 (N, 1, 28, 28) in [0, 1] -> one PNG of a grid, nrow images per row, labelled by row and column."""
     rows = math.ceil(len(x01) / nrow)
     fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
-    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(image_grid(x01.float().cpu(), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [])
-    if row_labels:
-        ax.set_yticklabels(row_labels, fontsize=8)
+    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=6)
+    ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [], fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
-
 
 # --- shared: plot loss ---
 def plot_loss(losses, path, title):
@@ -708,34 +641,18 @@ def plot_loss(losses, path, title):
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
-
 # --- shared: plot strip ---
 def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
-    """The reverse process, uint8 frames (steps + 1, rows, 1, 28, 28): one row per digit, columns from
-    the first step (noise) to the last (the digit)."""
-    n_cols = min(n_cols, len(ts))                      # a short run shows each step once
-    cols = torch.linspace(0, len(ts) - 1, n_cols).round().long()
-    rows = frames.shape[1]
-    fig, axes = plt.subplots(rows, n_cols, figsize=(0.7 * n_cols, 0.7 * rows + 0.4), squeeze=False,
-                             layout="constrained")  # keeps the title next to the panels
-    for r in range(rows):
-        for c, i in enumerate(cols.tolist()):
-            axes[r, c].imshow(frames[i, r, 0].numpy(), cmap="gray", vmin=0, vmax=255)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            if r == 0:
-                axes[r, c].set_title(f"t={ts[i].item():g}", fontsize=7)
-            if c == 0 and row_labels:
-                axes[r, c].set_ylabel(row_labels[r], fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
+    """The reverse process, uint8 frames (steps + 1, rows, 1, 28, 28): a row per digit, columns from the first
+    step (noise) to the last (the digit); a short run shows each step once."""
+    cols = torch.linspace(0, len(ts) - 1, min(n_cols, len(ts))).round().long()
+    x01 = frames[cols].transpose(0, 1).flatten(0, 1).float() / 255  # (rows * cols, 1, 28, 28), row after row
+    save_grid(x01, path, len(cols), title, row_labels, [f"t={ts[i].item():g}" for i in cols.tolist()])
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too.
-    Every file another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
+    another step reads was written atomically, so what is on disk is whole."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()
@@ -746,14 +663,11 @@ def run_main(main):
         die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
             f"written are whole, and a training run continues from its last finished epoch with --resume")
 
-
 ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
 
-
 def on_ctrl_c(signum, frame):
-    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is remembered: Python drops
-    an exception raised while a finalizer (a __del__, a weakref callback) runs, so a Ctrl-C landing in
-    one would be lost and training would go on. The training loops check the flag after every step."""
+    """Ctrl-C raises KeyboardInterrupt and is remembered: Python drops an exception raised in a finalizer (a
+    __del__, a weakref callback), and training would go on. The training loops check the flag every step."""
     global ctrl_c_pressed
     ctrl_c_pressed = True
     raise KeyboardInterrupt

@@ -1,54 +1,39 @@
 r"""One-step denoiser on MNIST: a UNet maps a noisy digit z = x + sigma eps back to x (sigma = 0.5).
 
-UC Berkeley CS180 Project 5B, "Diffusion Models from Scratch", part 1: before diffusion, one network
-removes one fixed level of Gaussian noise in one step. Train, then look at what it does at other noise
-levels (it never saw them) and measure it in PSNR. --pure-noise is the course's part 1.2.3 (Fall 2025):
-the same network and loss, but the input is pure noise. https://cal-cs180.github.io/fa25/hw/proj5/partb.html
+UC Berkeley CS180 Project 5B, "Diffusion Models from Scratch", part 1: before diffusion, one network removes one
+fixed level of Gaussian noise in one step; then see what it does at levels it never saw, in PSNR. --pure-noise is
+part 1.2.3 (Fall 2025): the same network and loss, pure noise in. https://cal-cs180.github.io/fa25/hw/proj5/partb.html
 
     python denoise_single_step.py                                # 5 epochs, D = 32: train, figures, PSNR
-    python denoise_single_step.py --data-dir ~/mnist             # MNIST already on disk (a folder of IDX files)
-    python denoise_single_step.py --resume                       # continue a killed run from its checkpoint
-    python denoise_single_step.py --eval-only                    # figures and PSNR from the saved checkpoint
-    python denoise_single_step.py --pure-noise                   # "denoise" pure noise: outputs -> the mean digit
+    python denoise_single_step.py --data-dir ~/mnist --resume    # MNIST already on disk; continue a killed run
     python denoise_single_step.py --ckpt pretrained/denoise_single_step.pt   # figures and PSNR, shipped weights
+    python denoise_single_step.py --pure-noise                   # "denoise" pure noise: outputs -> the mean digit
     python denoise_single_step.py --D 128 --epochs 5 --batch-size 256 --lr 1e-4   # the CS180 spec exactly
 
 Math (x a clean digit, eps ~ N(0, I) of the same shape, sigma a fixed noise level):
-    add_noise     z = x + sigma eps             the noisy digit (sigma = --sigma = 0.5 in training)
-    denoise_loss  || D_theta(z) - x ||^2        L2, the mean over pixels and batch (F.mse_loss); its
-                  minimiser is D(z) = E[x | z], the posterior mean: blurry where several digits fit z.
-    --pure-noise  z = eps, no digit in it: z tells nothing about x, so E[x | z] = E[x] for every z. The
-                  best single output under L2 is the mean training digit, and the outputs approach it.
-    psnr          10 log10(1 / MSE) dB, MSE = the mean over the 784 pixels of ONE image (peak value 1);
-                  the number reported is the mean of the per-image PSNRs over the test digits.
-    rms_distance  sqrt(mean over the 784 pixels of (a - b)^2), per image; reported as the mean over images.
+    add_noise     z = x + sigma eps, not clipped (sigma = --sigma = 0.5 in training)
+    denoise_loss  || D_theta(z) - x ||^2, the mean over pixels and batch; its minimiser is D(z) = E[x | z], the
+                  posterior mean: blurry where several digits fit z.
+    --pure-noise  z = eps tells nothing about x, so E[x | z] = E[x]: the outputs approach the mean training digit.
+    psnr          10 log10(1 / MSE) dB, MSE over the 784 pixels of ONE image (peak 1); reported as the mean
+                  over the test digits. rms_distance: the same per-image RMS of (a - b), mean over images.
 Conventions:
-    pixels: the data set is uint8 0..255; x = p / 255 in [0, 1] (to_model_range, as in the DDPM
-    scripts). z is not clipped: the model sees x + sigma eps.
-    The denoised output is clipped to [0, 1] for PSNR, distances and plots. The noisy input's PSNR uses
-    the unclipped z (so it is about -20 log10 sigma: 6.0 dB at 0.5); plots show z clipped to [0, 1].
-    Training draws fresh eps for every batch. Figures and scores use fixed noise (generator seed + 1):
-    one eps per test digit, scaled by each sigma, so every row and every point sees the same noise.
-Model: the course's UNet (Conv = 3x3 conv + BatchNorm + GELU), hidden width D (the spec's D = 128 has
-    16x the FLOPs of D = 32 and trains ~10x slower: ~45 min per epoch on a 2-core CPU), concatenated skips:
+    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (to_model_range, as in the DDPM scripts). The denoised output
+    is clipped to [0, 1] for PSNR, distances and plots; the noisy input's PSNR uses the unclipped z (so it is
+    about -20 log10 sigma: 6.0 dB at 0.5); plots show z clipped. Training draws a fresh eps for every batch;
+    figures and scores use fixed noise (generator seed + 1), one eps per test digit scaled by each sigma.
+Model: the course's UNet (Conv = 3x3 conv + BatchNorm + GELU), width D (its cost: RESULTS.md), concatenated skips:
     28x28 ConvBlock(1, D) -> 14x14 DownBlock(D, D) -> 7x7 DownBlock(D, 2D) -> Flatten (1x1)
     -> Unflatten(2D, 2D) -> UpBlock(4D, D) -> UpBlock(2D, D) -> ConvBlock(2D, D) -> Conv2d(D, 1).
-Writes to --out-dir (default runs/denoise_single_step):
-    ckpt.pt (model, optimizer, epoch, flags, loss history, RNG; every epoch, atomically),
-    noising.png (the same test digits at every sigma in SIGMAS), loss.png, denoised_epoch001.png and
-    denoised_final.png (rows: clean, noisy, denoised at --sigma), ood.png (noisy and denoised at
-    every sigma), psnr.png and psnr.json (PSNR of noisy and denoised vs sigma on the test set, and
-    the flags that produced it; atomically).
-    With --pure-noise (default runs/denoise_pure_noise): ckpt.pt, loss.png, pure_noise_epoch001.png,
-    pure_noise_epoch005.png and pure_noise_final.png (rows: noise z, D(z), the mean training digit), and
-    pure_noise.json (the distances of the outputs and of the training digits to the mean digit, the flags).
-What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without
-    --resume/--eval-only drop the checkpoint checks and RNG state; without FLOP counting drop the speed
-    block; without --pure-noise drop its branch in denoise_loss and the pure_noise helpers; with the
-    four IDX files in one folder drop the Kaggle layouts in find_idx_files.
+Writes to --out-dir (default runs/denoise_single_step): ckpt.pt (every epoch, atomically), noising.png, loss.png,
+    denoised_epoch001.png and denoised_final.png (rows: clean, noisy, denoised), ood.png (every sigma), psnr.png
+    and psnr.json (PSNR against sigma, and the flags). --pure-noise (default runs/denoise_pure_noise): ckpt.pt,
+    loss.png, pure_noise_epoch001.png, _epoch005.png and _final.png (rows: z, D(z), the mean digit) and pure_noise.json.
+What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without --resume and
+    --eval-only drop open_denoiser_run, restore_denoiser and the RNG state; without --pure-noise its branch in
+    denoise_loss and the pure_noise helpers; with the four IDX files in one folder the Kaggle layouts.
 """
 import argparse
-import copy
 import json
 import math
 import os
@@ -71,7 +56,6 @@ SIGMA_LABELS = [f"sigma={s}" for s in SIGMAS]   # the rows of noising.png and oo
 FIGURE_EPOCHS = (1,)                            # denoised_epochNNN.png after these epochs (and _final after the last)
 PURE_FIGURE_EPOCHS = (1, 5)                     # --pure-noise: pure_noise_epochNNN.png after these epochs (and _final)
 N_PURE = 1000                                   # --pure-noise: fixed noise images whose outputs are measured
-SYNC_EVERY = 25                                 # training steps between host syncs (progress bar, NaN check)
 TRAIN_KEYS = ("limit", "D", "sigma", "pure_noise", "batch_size", "lr", "seed")
 
 
@@ -82,7 +66,7 @@ def get_args(argv=None):
     g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
     g.add_argument("--limit", type=number(int, 0), default=0, help="train on the first N digits only (0: all)")
     g = ap.add_argument_group("model")
-    g.add_argument("--D", type=number(int, 1), default=32, help="UNet hidden width (the spec's 128 is ~10x slower)")
+    g.add_argument("--D", type=number(int, 1), default=32, help="UNet hidden width (the spec's is 128)")
     g = ap.add_argument_group("noise")
     g.add_argument("--sigma", type=number(float, 0, lo_included=False), default=0.5,
                    help="noise level of training: z = x + sigma eps")
@@ -104,12 +88,12 @@ def get_args(argv=None):
     g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
     g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
-    args = ap.parse_args(argv)
+    args, given = parse_flags(ap, argv)  # given: the flags on the command line, which --resume checks
     if args.ckpt and args.resume:
         ap.error("--ckpt is for evaluating (it implies --eval-only); --resume continues OUT_DIR/ckpt.pt")
     args.eval_only = args.eval_only or bool(args.ckpt)
     args.out_dir = args.out_dir or ("runs/denoise_pure_noise" if args.pure_noise else f"runs/{SCRIPT}")
-    return args, typed_flags(ap, argv)  # typed: the flags given, which --resume checks against the checkpoint
+    return args, given
 
 
 # --- noise ---------------------------------------------------------------------------------------
@@ -181,46 +165,6 @@ def denoise_loss(model, x, sigma, pure_noise):
     return F.mse_loss(model(z), x)
 
 
-def train_denoiser_epoch(model, opt, loss_fn, x_all, args, epoch):
-    """One pass over the data in shuffled batches (randperm on the device, no DataLoader); loss_fn(model,
-    x, y) is the loss of a batch (no labels: y is None). Returns the per-step losses. The only host syncs
-    are the progress-bar updates, every SYNC_EVERY steps: a non-finite loss stops the run there, before
-    this epoch's checkpoint. (The DDPM scripts' train_epoch also keeps an EMA; this one has none.)"""
-    model.train()
-    N, B = len(x_all), args.batch_size
-    perm = torch.randperm(N, device=x_all.device)
-    losses = []
-    bar = tqdm(total=N, desc=f"epoch {epoch}/{args.epochs}", unit="img", unit_scale=True, leave=True)
-    for i in range(0, N, B):
-        x = x_all[perm[i:i + B]]                               # (B, 1, 28, 28) in [0, 1]
-        loss = loss_fn(model, x, None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-        bar.update(len(x))
-        if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
-            raise KeyboardInterrupt
-        if len(losses) % SYNC_EVERY == 0 or i + B >= N:  # one host sync every SYNC_EVERY steps, and at the end
-            stop_if_not_finite(torch.stack(losses), epoch, bar)
-            bar.set_postfix(loss=f"{torch.stack(losses[-SYNC_EVERY:]).mean().item():.4f}")
-    bar.close()
-    return torch.stack(losses).cpu()
-
-
-def stop_if_not_finite(losses, epoch, bar):
-    """Stop at the first NaN or infinite loss of this epoch. The checkpoint is written after every epoch,
-    so the one on disk is epoch - 1, the last good one. The progress bar is closed first, so the error is
-    the last line on stderr (not followed by the bar, redrawn at exit)."""
-    bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
-        bar.close()
-        step = bad[0].item()
-        kept = f"ckpt.pt still holds epoch {epoch - 1}, the last good one" if epoch > 1 else "no checkpoint was written"
-        die(f"the loss is {losses[step].item()} at epoch {epoch}, step {step + 1}: training stopped; {kept} "
-            f"(a lower --lr may help)")
-
-
 # --- evaluation ----------------------------------------------------------------------------------
 @torch.no_grad()
 def denoise(model, z, batch=500):
@@ -252,15 +196,10 @@ def rms_distance(x, ref):
     return (x - ref).square().flatten(1).mean(1).sqrt()
 
 
-def one_per_digit(labels):
-    """Index of the first image of each digit 0..9 (digits that do not occur are skipped)."""
-    return torch.tensor([int((labels == k).nonzero()[0]) for k in range(10) if (labels == k).any()])
-
-
 def psnr_probe(x_test, eps_test, labels, sigma):
     """The fixed inputs of the default figures and PSNR: the test digits (N, 1, 28, 28) with one eps each,
     and one digit of each class to show, noisy at the training sigma and at every sigma of SIGMAS."""
-    show = one_per_digit(labels)
+    show = torch.tensor([int((labels == k).nonzero()[0]) for k in range(10) if (labels == k).any()])  # first of each
     x, eps = x_test[show], eps_test[show]                             # (10, 1, 28, 28) each
     return {"x_test": x_test, "eps_test": eps_test, "x": x, "z": add_noise(x, sigma, eps),
             "noisy_rows": torch.stack([add_noise(x, s, eps) for s in SIGMAS])}  # (len(SIGMAS), 10, 1, 28, 28)
@@ -276,17 +215,17 @@ def pure_noise_probe(x_train, gen):
 
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
-    # setup: flags (the checkpoint's own, to continue it), device, output folder, model and optimizer
-    args, typed = get_args(argv)
+    # setup: flags and device; with --resume or --eval-only, the checkpoint (its flags are the run's)
+    args, given = get_args(argv)
     device = pick_device(args.device)
-    continuing = args.resume or args.eval_only
-    ckpt_path = prepare_out_dir(args.out_dir, continuing)
-    ckpt = load_denoiser_checkpoint(args.ckpt or ckpt_path, args, typed) if continuing else None  # --ckpt: pretrained/
+    ckpt_path, ckpt = open_denoiser_run(args, given)
     print(vars(args))
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # after open_denoiser_run: the run's own seed
+
+    # the model D_theta(z) and Adam; when continuing, the weights, optimizer, RNG and losses put back
     task = "pure noise z = eps" if args.pure_noise else f"sigma {args.sigma}"
     print(f"device {device}  threads {torch.get_num_threads()}  {task}  D {args.D}")
-    model = UnconditionalUNet(args.D).to(device, memory_format=torch.channels_last)  # channels_last: 1.25x on CPU
+    model = UnconditionalUNet(args.D).to(device, memory_format=torch.channels_last)  # faster on CPU
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, D = {args.D}")
     run = restore_denoiser(ckpt, model, opt, device, args.out_dir)
@@ -303,23 +242,27 @@ def main(argv=None):
         plot_rows([probe["noisy_rows"]], os.path.join(args.out_dir, "noising.png"),
                   f"{SCRIPT}: z = x + sigma eps, test digits, same eps (clipped)", SIGMA_LABELS)
 
-    # train: one epoch at a time; a figure after the figure epochs; a checkpoint after every good epoch
+    # train: the whole set on the device, shuffled batches (no DataLoader); a figure after the figure epochs,
+    # a checkpoint after every epoch. BatchNorm trains on batch statistics: denoise() puts the train mode back.
     if not args.eval_only and run["epoch"] < args.epochs:
         images, _ = load_mnist(args.data_dir, train=True, limit=args.limit)
-        x_all = to_model_range(images).to(device)                    # the whole set on the device, (N, 1, 28, 28)
-        loss_fn = lambda model, x, y: denoise_loss(model, x, args.sigma, args.pure_noise)  # noqa: E731  (y is None)
-        flops = train_flops_per_image(copy.deepcopy(model), loss_fn, x_all[:8], None, device)  # a copy: BatchNorm stats
-        print(f"training on {len(x_all)} digits, {flops / 1e9:.3f} GFLOP per image per training step")
+        x_all = to_model_range(images).to(device)                    # (N, 1, 28, 28) in [0, 1]
+        print(f"training on {len(x_all)} digits")
         train_s, first = 0.0, run["epoch"] + 1
         for epoch in range(first, args.epochs + 1):
-            t0 = time.time()
-            losses = train_denoiser_epoch(model, opt, loss_fn, x_all, args, epoch)
-            train_s += time.time() - t0
-            run.update(epoch=epoch, loss_history=torch.cat([run["loss_history"], losses]))
+            with EpochLog(run, epoch, args.epochs, len(x_all)) as log:  # progress bar, NaN stop, Ctrl-C
+                for idx in torch.randperm(len(x_all), device=device).split(args.batch_size):
+                    loss = denoise_loss(model, x_all[idx], args.sigma, args.pure_noise)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    log.step(loss, len(idx))
+            train_s += log.seconds
             if epoch in (PURE_FIGURE_EPOCHS if args.pure_noise else FIGURE_EPOCHS):
                 plot_epoch(model, probe, args, epoch, f"epoch{epoch:03d}")
             save_denoiser(run, model, opt, args, device, ckpt_path)
-        report_speed(train_s, args.epochs - first + 1, len(x_all), flops)
+        n = args.epochs - first + 1
+        print(f"train: {train_s / n:.1f} s/epoch, {n * len(x_all) / train_s:.0f} img/s")
     if run["epoch"]:
         plot_loss_by_epoch(run["loss_history"], os.path.join(args.out_dir, "loss.png"),
                            f"{SCRIPT}: training loss ({task}, D = {args.D})", len(run["loss_history"]) // run["epoch"])
@@ -347,7 +290,12 @@ def report_psnr(model, probe, args, epochs):
     n = len(x)
     rows = psnr_sweep(model, x, eps, SIGMAS)
     black = psnr(torch.zeros_like(x), x).mean().item()                # a baseline that needs no model
-    print_psnr(rows, n, args.sigma, black)
+    print(f"PSNR on {n} test digits (dB, mean of per-image PSNR; denoised clipped to [0, 1]):")
+    print(" sigma   noisy z   denoised    gain")
+    for s, p_noisy, p_den in rows:
+        gain = f"{p_den - p_noisy:+7.2f}" if math.isfinite(p_noisy) else "      -"
+        print(f"{s:6.2f} {p_noisy:9.2f} {p_den:10.2f} {gain}" + ("   <- training sigma" if s == args.sigma else ""))
+    print(f"for scale: an all-black output scores {black:.2f} dB on the same digits")
     plot_psnr(rows, os.path.join(args.out_dir, "psnr.png"),
               f"{SCRIPT}: {n} test digits, trained at sigma = {args.sigma}", args.sigma, black)
     save_json_atomic({"n_test": n, "sigma_train": args.sigma, "D": args.D, "epochs": epochs,
@@ -371,20 +319,14 @@ def report_pure_noise(model, probe, args, epochs):
                       "config": vars(args)}, os.path.join(args.out_dir, "pure_noise.json"))
 
 
-def print_psnr(rows, n, sigma_train, black):
-    print(f"PSNR on {n} test digits (dB, mean of per-image PSNR; denoised clipped to [0, 1]):")
-    print(" sigma   noisy z   denoised    gain")
-    for s, p_noisy, p_den in rows:
-        gain = f"{p_den - p_noisy:+7.2f}" if math.isfinite(p_noisy) else "      -"
-        print(f"{s:6.2f} {p_noisy:9.2f} {p_den:10.2f} {gain}" + ("   <- training sigma" if s == sigma_train else ""))
-    print(f"for scale: an all-black output scores {black:.2f} dB on the same digits")
-
-
-# --- checkpoints: the DDPM scripts' block also keeps an EMA and says --sample-only; this one has neither ---
-def load_denoiser_checkpoint(path, args, typed):
-    """Read ckpt.pt for --resume or --eval-only. Every training flag the user gave must equal the
-    checkpoint's (else a one-line error naming the flag); flags not given take the checkpoint's values,
-    so the run continues exactly. --epochs may grow."""
+# --- checkpoints: the shared open_run, restore_run and save_run, for a run with no EMA and --eval-only ---
+def open_denoiser_run(args, given):
+    """ckpt.pt's path, and for --resume or --eval-only the checkpoint (--ckpt, else ckpt.pt; None for a new run),
+    whose training flags the run takes: one given with another value is a one-line error. --epochs may grow."""
+    ckpt_path = prepare_out_dir(args.out_dir, args.resume or args.eval_only)
+    path = args.ckpt or ckpt_path
+    if not (args.resume or args.eval_only):
+        return ckpt_path, None
     if not os.path.isfile(path):
         die(f"no checkpoint at {path}: train first (without --resume / --eval-only)")
     try:
@@ -397,22 +339,21 @@ def load_denoiser_checkpoint(path, args, typed):
     if args.resume and "opt" not in ckpt:  # a shipped file: the weights only, no optimizer to continue
         die(f"{path} holds evaluation weights only (no optimizer state): use it with --ckpt, not --resume")
     for k in TRAIN_KEYS:
-        if k in typed and k in config and getattr(args, k) != config[k]:
+        if k in given and k in config and getattr(args, k) != config[k]:
             flag = "--" + k.replace("_", "-")
             die(f"{path} was trained with {flag} {config[k]}, you gave {flag} {getattr(args, k)}: "
                 f"drop the flag to continue that run, or use another --out-dir")
         setattr(args, k, config.get(k, getattr(args, k)))
-    if "epochs" not in typed:
-        args.epochs = max(config["epochs"], ckpt["epoch"])
+    args.epochs = args.epochs if "epochs" in given else max(config["epochs"], ckpt["epoch"])
     print(f"loaded {path}: {ckpt['epoch']} epochs done")
     if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
         print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
-    return ckpt
+    return ckpt_path, ckpt
 
 
 def restore_denoiser(ckpt, model, opt, device, out_dir):
-    """The run's state: epochs done and loss history, with the weights (and BatchNorm statistics), the
-    optimizer and the RNG put back from the checkpoint (or a fresh run if ckpt is None)."""
+    """The run so far: epochs done and losses, with the weights (and BatchNorm statistics), optimizer and RNG
+    put back (a fresh run if ckpt is None)."""
     run = {"epoch": 0, "loss_history": torch.zeros(0)}
     if ckpt is None:
         return run
@@ -512,8 +453,7 @@ def plot_psnr(rows, path, title, sigma_train, black):
 # =================================================================================================
 # --- shared: flag types ---
 def number(kind, lo, hi=math.inf, lo_included=True):
-    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included). "--lr nan",
-    "--epochs -1" or "--guidance inf" stop the parser with one line that names the flag."""
+    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
     def parse(text):
         try:
             value = kind(text)
@@ -526,19 +466,13 @@ def number(kind, lo, hi=math.inf, lo_included=True):
         return value
     return parse
 
-
-# --- shared: typed flags ---
-def typed_flags(ap, argv):
-    """The flags the user gave (their dests), whether or not the value equals the default."""
-    defaults = {a.dest: a.default for a in ap._actions}
-    for a in ap._actions:
-        a.default = argparse.SUPPRESS  # a flag that was not given then leaves no attribute
-    try:
-        return set(vars(ap.parse_args(argv)))
-    finally:
-        for a in ap._actions:
-            a.default = defaults[a.dest]
-
+# --- shared: given flags ---
+def parse_flags(ap, argv):
+    """The flags, and the names of those given on the command line whatever their value: parsed again into a
+    namespace that already holds a marker for every flag, so that defaults are not filled in."""
+    args, unset = ap.parse_args(argv), object()
+    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return args, {k for k, v in vars(again).items() if v is not unset}
 
 # --- shared: errors ---
 def die(msg, code=2):
@@ -546,53 +480,37 @@ def die(msg, code=2):
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
 
-
 # --- shared: device ---
 def pick_device(name):
     """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
+        mps = torch.backends.mps.is_available()
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        die(f"unknown --device {name!r} (use auto, cpu, cuda, cuda:1 or mps)")
-    if device.type not in ("cpu", "cuda", "mps"):
-        die(f"--device {name}: this script runs on cpu, cuda or mps")
-    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
-        die(f"--device {name}: this machine has no such CUDA GPU (use --device auto or cpu)")
-    if device.type == "mps" and not mps:
-        die(f"--device {name}: Apple's mps is not available here (use --device auto or cpu)")
-    return device
-
+        if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(name)
+        return torch.empty(0, device=name).device  # fails on a device this machine lacks
+    except Exception:
+        die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
 
 # --- shared: data ---
 IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
-
 def find_idx_files(data_dir, train):
-    """Paths of the raw IDX image and label files, or None. Accepts torchvision's layout
-    (DIR/MNIST/raw/train-images-idx3-ubyte), a plain folder of the four files, and the Kaggle
-    download (dotted names such as train-images.idx3-ubyte, often inside archive/)."""
+    """Paths of the IDX image and label files, or None: torchvision's layout (DIR/MNIST/raw/...), a plain folder
+    of the four files, or the Kaggle download (dotted names such as train-images.idx3-ubyte, often in archive/)."""
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for dotted in (False, True):
-            paths = []
-            for name in IDX_NAMES[train]:
-                name = name.replace("-idx", ".idx") if dotted else name
-                path = os.path.join(data_dir, folder, name)
-                if os.path.isdir(path):  # Kaggle also ships a folder of the same name around the file
-                    path = os.path.join(path, name)
-                paths.append(path)
+        for names in (IDX_NAMES[train], [n.replace("-idx", ".idx") for n in IDX_NAMES[train]]):
+            paths = [os.path.join(data_dir, folder, n) for n in names]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
             if all(os.path.isfile(p) for p in paths):
                 return paths
     return None
 
-
 def read_idx(path, ndim):
-    """One IDX file as a uint8 tensor (MNIST's format, http://yann.lecun.com/exdb/mnist/): the bytes 0, 0, 8 (uint8)
-    and the number of dimensions, each size as a 4-byte big-endian integer, then the values. Read here, not by
-    torchvision, whose import adds about 3 s to every start (measured on 2 cores); it is imported to download only."""
+    """One IDX file (MNIST's format: bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values)
+    as a uint8 tensor. Read here, not by torchvision, which is slow to import: it is imported to download only."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -603,21 +521,17 @@ def read_idx(path, ndim):
         raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
-
 def load_mnist(data_dir, train=True, limit=0):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read from its IDX files (read_idx);
-    the first `limit` digits only if limit > 0."""
-    paths = find_idx_files(data_dir, train)
-    if paths is None:  # not on disk: download the way torchvision users expect
+    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,); the first `limit` digits only if limit > 0."""
+    if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
-            import torchvision  # here, not at the top: only a download needs it, and importing it takes seconds
+            import torchvision  # here, not at the top: only a download needs it
             torchvision.datasets.MNIST(data_dir, train=train, download=True)
         except Exception as e:  # offline, no permission, ...: say where the files go instead
-            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
-                f"Put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, or the Kaggle .idx names) "
-                f"in {data_dir!r} or pass --data-dir")
-        paths = find_idx_files(data_dir, train)
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). Put the four IDX "
+                f"files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                f"t10k-labels-idx1-ubyte, or the Kaggle .idx names) in {data_dir!r} or pass --data-dir")
+    paths = find_idx_files(data_dir, train)
     try:
         images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1).long()
     except Exception as e:
@@ -626,16 +540,14 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
     return (images[:limit], labels[:limit]) if limit else (images, labels)
 
-
 def to_model_range(images_uint8):
     """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
     return images_uint8.unsqueeze(1).float().div(255)
 
-
 # --- shared: atomic save ---
 def save_atomic(obj, path):
-    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk
-    leaves the previous file whole (never half a new one), and the next step reads either."""
+    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk leaves the
+    previous file whole, never half a new one."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -647,7 +559,6 @@ def save_atomic(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
-
 
 # --- shared: atomic JSON ---
 def save_json_atomic(obj, path):
@@ -664,17 +575,14 @@ def save_json_atomic(obj, path):
             os.remove(tmp)
         die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
 
-
 # --- shared: out dir ---
 def prepare_out_dir(out_dir, continuing):
-    """Create --out-dir and check it takes files; returns the checkpoint path. A finished run in it is
-    never overwritten by accident: it needs --resume or --sample-only."""
+    """Create --out-dir, check that it takes files, return the checkpoint path. A finished run there is never
+    overwritten by accident: it needs --resume or --sample-only."""
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write_test")
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        os.remove(probe)
+        open(os.path.join(out_dir, ".write_test"), "wb").close()
+        os.remove(os.path.join(out_dir, ".write_test"))
     except OSError as e:
         die(f"cannot write to --out-dir {out_dir!r} ({e.strerror or e})")
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
@@ -682,17 +590,13 @@ def prepare_out_dir(out_dir, continuing):
         die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, or another --out-dir")
     return ckpt_path
 
-
 # --- shared: RNG state ---
 def rng_state(device):
     """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
     state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if device.type == "mps":
-        state["mps"] = torch.mps.get_rng_state()
+    if device.type in ("cuda", "mps"):
+        state[device.type] = torch.cuda.get_rng_state_all() if device.type == "cuda" else torch.mps.get_rng_state()
     return state
-
 
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
@@ -701,24 +605,40 @@ def set_rng_state(state, device):
     if device.type == "mps" and state.get("mps") is not None:
         torch.mps.set_rng_state(state["mps"])
 
+# --- shared: epoch log ---
+class EpochLog:
+    """The training loop's bookkeeping for one epoch: the progress bar, Ctrl-C, and a check every 25 steps (the
+    only host sync) that stops at the first NaN or infinite loss, before a checkpoint holds it. On a clean exit
+    the epoch's losses join run["loss_history"], run["epoch"] is set and .seconds is the epoch's time."""
 
-# --- shared: speed ---
-def train_flops_per_image(model, loss_fn, x, y, device):
-    """FLOPs of one training step (forward + backward) per image, counted by PyTorch on a small batch.
-    The RNG is put back, so counting changes nothing in the run."""
-    from torch.utils.flop_counter import FlopCounterMode
-    state = rng_state(device)
-    with FlopCounterMode(display=False) as fc:
-        loss_fn(model, x, y).backward()
-    model.zero_grad(set_to_none=True)
-    set_rng_state(state, device)
-    return fc.get_total_flops() / len(x)
+    def __init__(self, run, epoch, epochs, n_images):
+        self.run, self.epoch, self.losses, self.t0 = run, epoch, [], time.time()
+        self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
 
+    def __enter__(self):
+        return self
 
-def report_speed(seconds, n_epochs, n_images, flops):
-    print(f"train: {seconds / max(1, n_epochs):.1f} s/epoch, {n_epochs * n_images / seconds:.0f} img/s, "
-          f"{n_epochs * n_images / seconds * flops / 1e9:.0f} GFLOP/s")
+    def step(self, loss, n_images):
+        self.losses.append(loss.detach())
+        self.bar.update(n_images)
+        if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
+            raise KeyboardInterrupt
+        if len(self.losses) % 25 == 0 or self.bar.n >= self.bar.total:  # one host sync every 25 steps
+            losses = torch.stack(self.losses)
+            bad = (~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                self.bar.close()  # else the bar redraws itself after the error line
+                last, step = self.run["epoch"], bad[0].item()
+                kept = f"ckpt.pt still holds epoch {last}, the last good one" if last else "no checkpoint was written"
+                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: training stopped; "
+                    f"{kept} (a lower --lr may help)")
+            self.bar.set_postfix(loss=f"{losses[-25:].mean().item():.4f}")
 
+    def __exit__(self, error, *_):
+        self.bar.close()  # also on Ctrl-C, before the one-line message (a bar closed later would print after it)
+        if error is None:
+            self.run["loss_history"] = torch.cat([self.run["loss_history"], torch.stack(self.losses).cpu()])
+            self.run["epoch"], self.seconds = self.epoch, time.time() - self.t0
 
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
@@ -726,18 +646,16 @@ def image_grid(x01, nrow, pad=2):
     torchvision's make_grid(x01, nrow, padding=2, pad_value=1)[0], without importing torchvision (slow)."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
-    rows = math.ceil(n / cols)
-    grid = torch.ones(rows * (h + pad) + pad, cols * (w + pad) + pad)
+    grid = torch.ones(math.ceil(n / cols) * (h + pad) + pad, cols * (w + pad) + pad)
     for i in range(n):
         r, c = divmod(i, cols)
         grid[pad + r * (h + pad):(r + 1) * (h + pad), pad + c * (w + pad):(c + 1) * (w + pad)] = x01[i, 0]
     return grid
 
-
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too.
-    Every file another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
+    another step reads was written atomically, so what is on disk is whole."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()
@@ -748,14 +666,11 @@ def run_main(main):
         die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
             f"written are whole, and a training run continues from its last finished epoch with --resume")
 
-
 ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
 
-
 def on_ctrl_c(signum, frame):
-    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is remembered: Python drops
-    an exception raised while a finalizer (a __del__, a weakref callback) runs, so a Ctrl-C landing in
-    one would be lost and training would go on. The training loops check the flag after every step."""
+    """Ctrl-C raises KeyboardInterrupt and is remembered: Python drops an exception raised in a finalizer (a
+    __del__, a weakref callback), and training would go on. The training loops check the flag every step."""
     global ctrl_c_pressed
     ctrl_c_pressed = True
     raise KeyboardInterrupt

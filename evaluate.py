@@ -430,8 +430,7 @@ def print_table(rows):
 # =================================================================================================
 # --- shared: flag types ---
 def number(kind, lo, hi=math.inf, lo_included=True):
-    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included). "--lr nan",
-    "--epochs -1" or "--guidance inf" stop the parser with one line that names the flag."""
+    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
     def parse(text):
         try:
             value = kind(text)
@@ -455,49 +454,35 @@ def die(msg, code=2):
 # --- shared: device ---
 def pick_device(name):
     """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
+        mps = torch.backends.mps.is_available()
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        die(f"unknown --device {name!r} (use auto, cpu, cuda, cuda:1 or mps)")
-    if device.type not in ("cpu", "cuda", "mps"):
-        die(f"--device {name}: this script runs on cpu, cuda or mps")
-    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
-        die(f"--device {name}: this machine has no such CUDA GPU (use --device auto or cpu)")
-    if device.type == "mps" and not mps:
-        die(f"--device {name}: Apple's mps is not available here (use --device auto or cpu)")
-    return device
+        if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(name)
+        return torch.empty(0, device=name).device  # fails on a device this machine lacks
+    except Exception:
+        die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
 
 
 # --- shared: data ---
 IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
-
 def find_idx_files(data_dir, train):
-    """Paths of the raw IDX image and label files, or None. Accepts torchvision's layout
-    (DIR/MNIST/raw/train-images-idx3-ubyte), a plain folder of the four files, and the Kaggle
-    download (dotted names such as train-images.idx3-ubyte, often inside archive/)."""
+    """Paths of the IDX image and label files, or None: torchvision's layout (DIR/MNIST/raw/...), a plain folder
+    of the four files, or the Kaggle download (dotted names such as train-images.idx3-ubyte, often in archive/)."""
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for dotted in (False, True):
-            paths = []
-            for name in IDX_NAMES[train]:
-                name = name.replace("-idx", ".idx") if dotted else name
-                path = os.path.join(data_dir, folder, name)
-                if os.path.isdir(path):  # Kaggle also ships a folder of the same name around the file
-                    path = os.path.join(path, name)
-                paths.append(path)
+        for names in (IDX_NAMES[train], [n.replace("-idx", ".idx") for n in IDX_NAMES[train]]):
+            paths = [os.path.join(data_dir, folder, n) for n in names]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
             if all(os.path.isfile(p) for p in paths):
                 return paths
     return None
 
-
 def read_idx(path, ndim):
-    """One IDX file as a uint8 tensor (MNIST's format, http://yann.lecun.com/exdb/mnist/): the bytes 0, 0, 8 (uint8)
-    and the number of dimensions, each size as a 4-byte big-endian integer, then the values. Read here, not by
-    torchvision, whose import adds about 3 s to every start (measured on 2 cores); it is imported to download only."""
+    """One IDX file (MNIST's format: bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values)
+    as a uint8 tensor. Read here, not by torchvision, which is slow to import: it is imported to download only."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -508,21 +493,17 @@ def read_idx(path, ndim):
         raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
-
 def load_mnist(data_dir, train=True, limit=0):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,), read from its IDX files (read_idx);
-    the first `limit` digits only if limit > 0."""
-    paths = find_idx_files(data_dir, train)
-    if paths is None:  # not on disk: download the way torchvision users expect
+    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,); the first `limit` digits only if limit > 0."""
+    if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
-            import torchvision  # here, not at the top: only a download needs it, and importing it takes seconds
+            import torchvision  # here, not at the top: only a download needs it
             torchvision.datasets.MNIST(data_dir, train=train, download=True)
         except Exception as e:  # offline, no permission, ...: say where the files go instead
-            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). "
-                f"Put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, or the Kaggle .idx names) "
-                f"in {data_dir!r} or pass --data-dir")
-        paths = find_idx_files(data_dir, train)
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). Put the four IDX "
+                f"files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                f"t10k-labels-idx1-ubyte, or the Kaggle .idx names) in {data_dir!r} or pass --data-dir")
+    paths = find_idx_files(data_dir, train)
     try:
         images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1).long()
     except Exception as e:
@@ -531,7 +512,6 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
     return (images[:limit], labels[:limit]) if limit else (images, labels)
 
-
 def to_model_range(images_uint8):
     """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
     return images_uint8.unsqueeze(1).float().div(255)
@@ -539,8 +519,8 @@ def to_model_range(images_uint8):
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too.
-    Every file another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
+    another step reads was written atomically, so what is on disk is whole."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()
@@ -551,14 +531,11 @@ def run_main(main):
         die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
             f"written are whole, and a training run continues from its last finished epoch with --resume")
 
-
 ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
 
-
 def on_ctrl_c(signum, frame):
-    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is remembered: Python drops
-    an exception raised while a finalizer (a __del__, a weakref callback) runs, so a Ctrl-C landing in
-    one would be lost and training would go on. The training loops check the flag after every step."""
+    """Ctrl-C raises KeyboardInterrupt and is remembered: Python drops an exception raised in a finalizer (a
+    __del__, a weakref callback), and training would go on. The training loops check the flag every step."""
     global ctrl_c_pressed
     ctrl_c_pressed = True
     raise KeyboardInterrupt

@@ -276,8 +276,7 @@ def load_snapshots(run_dir):
 # =================================================================================================
 # --- shared: flag types ---
 def number(kind, lo, hi=math.inf, lo_included=True):
-    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included). "--lr nan",
-    "--epochs -1" or "--guidance inf" stop the parser with one line that names the flag."""
+    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
     def parse(text):
         try:
             value = kind(text)
@@ -300,8 +299,8 @@ def die(msg, code=2):
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too.
-    Every file another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
+    another step reads was written atomically, so what is on disk is whole."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()
@@ -312,14 +311,11 @@ def run_main(main):
         die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
             f"written are whole, and a training run continues from its last finished epoch with --resume")
 
-
 ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
 
-
 def on_ctrl_c(signum, frame):
-    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is remembered: Python drops
-    an exception raised while a finalizer (a __del__, a weakref callback) runs, so a Ctrl-C landing in
-    one would be lost and training would go on. The training loops check the flag after every step."""
+    """Ctrl-C raises KeyboardInterrupt and is remembered: Python drops an exception raised in a finalizer (a
+    __del__, a weakref callback), and training would go on. The training loops check the flag every step."""
     global ctrl_c_pressed
     ctrl_c_pressed = True
     raise KeyboardInterrupt

@@ -121,27 +121,34 @@ def test_denoise_clips_and_keeps_the_mode():
     assert torch.equal(d, dss.denoise(model, z, batch=7))            # eval mode: no batch statistics
 
 
-def test_training_target_is_the_clean_image_with_fresh_noise():
-    """train_denoiser_epoch regresses D(z) on x (not on eps), drawing a new eps for every batch it draws."""
+def test_training_target_is_the_clean_image_with_fresh_noise(tiny_mnist, tmp_path, monkeypatch, one_thread):
+    """main's training step regresses D(z) on x (not on eps), drawing a new eps for every batch it draws."""
     seen = []
 
     class Zero(torch.nn.Module):                  # D(z) = 0: the loss is then mean(x^2), whatever z is
-        def __init__(self):
+        def __init__(self, D):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
         def forward(self, z):
-            seen.append(z.clone())
+            if self.training:                     # the training steps (the figures and scores run in eval mode)
+                seen.append(z.clone())
             return z * 0 * self.w
 
-    args, _ = dss.get_args(["--batch-size", "64", "--sigma", "0.5"])
-    x_all = torch.full((128, 1, 28, 28), 0.3)     # every digit the same: each batch is 0.3 + 0.5 eps
-    model = Zero()
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss_fn = lambda model, x, y: dss.denoise_loss(model, x, args.sigma, args.pure_noise)  # noqa: E731 as main's
-    losses = torch.cat([dss.train_denoiser_epoch(model, opt, loss_fn, x_all, args, e) for e in (1, 2)])
-    assert losses.tolist() == pytest.approx([0.09] * 4)
-    eps = [(z - 0.3) / 0.5 for z in seen]
+    real_load = dss.load_mnist
+
+    def same_digit(data_dir, train=True, limit=0):  # every training pixel 51 / 255 = 0.2: each batch is 0.2 + 0.5 eps
+        images, labels = real_load(data_dir, train, limit)
+        return (torch.full_like(images, 51) if train else images), labels
+
+    monkeypatch.setattr(dss, "UnconditionalUNet", Zero)
+    monkeypatch.setattr(dss, "load_mnist", same_digit)
+    dss.main(["--data-dir", tiny_mnist, "--out-dir", str(tmp_path), "--limit", "128", "--batch-size", "64",
+              "--epochs", "2", "--sigma", "0.5", "--n-test", "16", "--device", "cpu"])
+    losses = torch.load(tmp_path / "ckpt.pt", weights_only=True)["loss_history"]
+    assert losses.tolist() == pytest.approx([0.04] * 4)
+    assert len(seen) == 4
+    eps = [(z - 0.2) / 0.5 for z in seen]
     assert all(e.std().item() == pytest.approx(1, abs=0.02) and abs(e.mean().item()) < 0.02 for e in eps)
     assert all(not torch.allclose(a, b) for i, a in enumerate(eps) for b in eps[i + 1:])  # 4 different draws
 
@@ -191,11 +198,11 @@ def main_error(capsys, *args):
 
 def test_resume_takes_the_checkpoints_flags_and_epochs_may_grow(tiny_run):
     out = tiny_run[0]
-    args, typed = dss.get_args(["--out-dir", out, "--resume", "--epochs", "5"])
-    dss.load_denoiser_checkpoint(os.path.join(out, "ckpt.pt"), args, typed)
+    args, given = dss.get_args(["--out-dir", out, "--resume", "--epochs", "5"])
+    assert dss.open_denoiser_run(args, given)[0] == os.path.join(out, "ckpt.pt")
     assert (args.D, args.batch_size, args.sigma, args.lr, args.epochs) == (8, 32, 0.5, 1e-3, 5)
-    args, typed = dss.get_args(["--out-dir", out, "--eval-only"])
-    dss.load_denoiser_checkpoint(os.path.join(out, "ckpt.pt"), args, typed)
+    args, given = dss.get_args(["--out-dir", out, "--eval-only"])
+    dss.open_denoiser_run(args, given)
     assert (args.D, args.epochs, args.pure_noise) == (8, 3, False)
     assert dss.get_args(["--sample-only"])[0].eval_only  # the name prepare_out_dir's message suggests
 

@@ -232,6 +232,21 @@ def test_guidance_interval_through_the_sampler(w):
     assert [n for n, _ in net.seen] == ([2, 2, 4, 4] if w == 5 else [2] * 4 if w == 0 else [4] * 4)
 
 
+@pytest.mark.parametrize("guide_from,steps", [(0.7, 10), (0.7, 20), (0.7, 50), (0.9, 10), (0.9, 20), (0.6, 50)])
+def test_guidance_starts_exactly_at_guide_from(guide_from, steps):
+    """The sampler visits t = i / steps exactly (the nearest double), so --guide-from 0.7 guides from the step at
+    t = 0.7 itself, and Heun's corrector there too. (A float32 grid visits 0.69999999 at 7 / 10: guidance then
+    started a step late, and --guide-from 0.9 on 10 steps never guided at all.)"""
+    first = round(guide_from * steps)                                 # the step at t = guide_from
+    net, y, x0 = LabelVelocity(), torch.tensor([3, 7]), torch.zeros(2, 1, 28, 28)
+    flow_class.flow_sample(flow_class.guided_velocity_fn(net, y, 5, 1000.0, guide_from), x0, "euler", steps)
+    assert [n for n, _ in net.seen] == [2] * first + [4] * (steps - first)
+    net = LabelVelocity()
+    flow_class.flow_sample(flow_class.guided_velocity_fn(net, y, 5, 1000.0, guide_from), x0, "heun", steps)
+    at_start = [n for n, t in net.seen if t[0].item() == pytest.approx(1000 * guide_from)]
+    assert at_start == [4, 4]                                         # step first - 1's corrector and step first
+
+
 # --- runs ----------------------------------------------------------------------------------------
 def run_copy(folder, script, *args, check=True):
     """Run a script copied alone into `folder` (nothing else of the repository next to it)."""

@@ -252,7 +252,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_mnist, tmp_path,
     def loss_that_diverges(model, x0, y, sched, p_uncond):
         calls.append(len(x0))
         loss = real_loss(model, x0, y, sched, p_uncond)
-        steps = calls.count(128)  # training batches (the FLOP count uses 8 digits)
+        steps = calls.count(128)  # training batches
         return loss * float("nan") if len(x0) == 128 and steps == 6 else loss  # 4 steps per epoch: epoch 2, step 2
     monkeypatch.setattr(ddpm_class, "ddpm_loss_cfg", loss_that_diverges)
     with pytest.raises(SystemExit) as e:

@@ -5,8 +5,8 @@
     python tools/bench_speed.py --levers        # + img/s of each lever on its own, side by side with the baseline
     python tools/bench_speed.py --sampling      # + seconds for 1,000 guided DDIM-50 digits, new UNet and old, in turns
 
-The training rate is that of ddpm_class.py's own train_epoch (model, loss, AdamW, EMA, progress bar) on
-random digits, batch 128, counted in FLOPs by PyTorch; the matmul rate is a 2048 x 2048 fp32 matmul.
+The training rate is that of ddpm_class.py's training step, as its main() runs it (loss, AdamW, EMA, its
+EpochLog's progress bar and checks), on random digits, batch 128, counted in FLOPs by PyTorch here; the matmul rate is a 2048 x 2048 fp32 matmul.
 Both run in turns in the same process (matmul, train, matmul, train, ...), so a machine that drifts
 during the run moves both; the medians are printed. Run it alone: two torch processes share 2 cores badly.
 """
@@ -45,22 +45,37 @@ def make_setup(batch_size=128, lr=1e-3, model_fn=None, opt_kwargs=None, memory_f
     return dict(model=model, ema=ema, opt=opt, loss_fn=loss_fn, args=args)
 
 
+def train_epoch(setup, x_all, y_all):
+    """One epoch of the training loop exactly as ddpm_class.py's main() writes it; returns its seconds."""
+    model, ema, opt, args = setup["model"], setup["ema"], setup["opt"], setup["args"]
+    run = {"epoch": 0, "loss_history": torch.zeros(0)}
+    with D.EpochLog(run, 1, 1, len(x_all)) as log:
+        for step, idx in enumerate(torch.randperm(len(x_all)).split(args.batch_size)):
+            loss = setup["loss_fn"](model, x_all[idx], y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            D.ema_update(ema, model, args.ema_decay, step)
+            log.step(loss, len(idx))
+    return log.seconds
+
+
 def train_rate(setup, steps=30):
-    """img/s of train_epoch over `steps` batches of random digits (after 3 warm-up steps)."""
+    """img/s of the training loop over `steps` batches of random digits (after 3 warm-up steps)."""
     B = setup["args"].batch_size
     x_all, y_all = torch.rand(B * steps, 1, 28, 28), torch.randint(0, 10, (B * steps,))
-    run = {"epoch": 0, "loss_history": torch.zeros(0)}
-    warm = {"epoch": 0, "loss_history": torch.zeros(0)}
-    D.train_epoch(setup["model"], setup["ema"], setup["opt"], setup["loss_fn"], x_all[:3 * B], y_all[:3 * B],
-                  setup["args"], 0, warm)
-    seconds = D.train_epoch(setup["model"], setup["ema"], setup["opt"], setup["loss_fn"], x_all, y_all,
-                            setup["args"], 1, run)
-    return len(x_all) / seconds
+    train_epoch(setup, x_all[:3 * B], y_all[:3 * B])
+    return len(x_all) / train_epoch(setup, x_all, y_all)
 
 
 def flops_per_image(setup):
+    """FLOPs of one training step (forward and backward) per image, counted by PyTorch on 8 digits."""
+    from torch.utils.flop_counter import FlopCounterMode
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    return D.train_flops_per_image(setup["model"], setup["loss_fn"], x, y, torch.device("cpu"))
+    with FlopCounterMode(display=False) as fc:
+        setup["loss_fn"](setup["model"], x, y).backward()
+    setup["model"].zero_grad(set_to_none=True)
+    return fc.get_total_flops() / len(x)
 
 
 def profile(setup, flops, matmul, steps=10):
@@ -71,8 +86,7 @@ def profile(setup, flops, matmul, steps=10):
     B = setup["args"].batch_size
     x_all, y_all = torch.rand(B * steps, 1, 28, 28), torch.randint(0, 10, (B * steps,))
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        D.train_epoch(setup["model"], setup["ema"], setup["opt"], setup["loss_fn"], x_all, y_all, setup["args"], 1,
-                      {"epoch": 0, "loss_history": torch.zeros(0)})
+        train_epoch(setup, x_all, y_all)
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
     total = sum(e.self_cpu_time_total for e in events)
@@ -92,7 +106,7 @@ def sampling_seconds(model, n=1000, steps=50, w=5.0):
     t0 = time.perf_counter()
     for y_chunk in torch.arange(10).repeat(n // 10).split(250):
         noise = torch.randn(len(y_chunk), 1, 28, 28, generator=gen)
-        D.sample(D.guided_eps_fn(model, y_chunk, w), noise, sched, "ddim", steps, gen)
+        D.sample(D.guided_eps_fn(model, y_chunk, w, sched), noise, sched, "ddim", steps, gen)
     return time.perf_counter() - t0
 
 

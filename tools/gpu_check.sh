@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# One command for a GPU machine, offline: the cuda tests (test_cuda.py, with the real MNIST), then a short
+# default-configuration training of ddpm_class.py and flow_class.py, 1,000 guided digits of each, scored by
+# evaluate.py, and a markdown table of the times and scores. Ends within 8 minutes on one GPU.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: bash tools/gpu_check.sh [options] [MNIST]
+
+  MNIST          where MNIST is (default: $MNIST_DIR): a folder in torchvision's layout (MNIST/raw/...),
+                 a folder with the four IDX files (or Kaggle's dotted names), or a folder or tarball
+                 holding the four gzipped files (train-images-idx3-ubyte.gz, ...), unpacked to a temp folder.
+                 Nothing is downloaded.
+  --epochs N     training epochs of each timed run (default 2)
+  --cpu-dry-run  the same pipeline on the CPU, small (--limit 512 --channels 8 8 8, 1 epoch, 100 digits):
+                 checks this script where there is no GPU; its times mean nothing
+  -h, --help     this text
+
+It runs `pytest -m cuda test_cuda.py` (MNIST_DIR set, so the real-MNIST test runs too), then for
+ddpm_class.py and flow_class.py: a training run (--epochs N, default flags otherwise, --device cuda),
+1,000 guided digits (--sample-only --n-samples 1000) and evaluate.py's accuracy and FID; then the table.
+Without a GPU it runs the cuda tests (they skip), says the timings need a GPU, and exits 0.
+Environment: PYTHON (default python), KEEP=1 keeps the work folder (it is kept anyway when a step fails),
+BUDGET_S (default 480: every step is cut off so that the whole ends within it).
+Exit status: 0 when every step passed, 1 when a test or a run failed, 2 on bad arguments or MNIST not found.
+EOF
+}
+
+# --- arguments --------------------------------------------------------------------------------------
+EPOCHS=2
+DRY_RUN=0
+MNIST="${MNIST_DIR:-}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --epochs) [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "error: --epochs needs a positive integer" >&2; exit 2; }
+                  EPOCHS="$2"; shift 2 ;;
+        --cpu-dry-run) DRY_RUN=1; shift ;;
+        -*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) MNIST="$1"; shift ;;
+    esac
+done
+
+case "$MNIST" in ""|/*) ;; *) MNIST="$PWD/$MNIST" ;; esac   # relative to where it was called from
+cd "$(dirname "$0")/.."                    # the repository root: the scripts and test_cuda.py
+PYTHON="${PYTHON:-python}"
+BUDGET_S="${BUDGET_S:-480}"
+START=$SECONDS
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
+FAILED=0
+on_exit() {
+    local rc=$?
+    if { [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ]; } || [ "$FAILED" -ne 0 ] || [ -n "${KEEP:-}" ]; then  # 2: bad input
+        echo "logs and runs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap on_exit EXIT
+
+say() { printf '[%4d s] %s\n' "$((SECONDS - START))" "$*"; }
+die() { echo "error: $*" >&2; exit 2; }
+left() { echo $((BUDGET_S - (SECONDS - START))); }   # seconds left of the budget
+
+# --- MNIST: the four IDX files in one folder, whatever the layout given ---------------------------------
+NAMES=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte)
+
+find_one() {  # the first regular file under $1 named $2 (at most 4 folders down), or nothing
+    find -L "$1" -maxdepth 5 -type f -name "$2" -print -quit 2>/dev/null || true
+}
+
+prepare_mnist() {  # $1: folder or tarball -> prints a folder holding the four plain IDX files
+    local src="$1" data="$WORK/mnist" name dotted f
+    if [ -f "$src" ]; then
+        mkdir -p "$WORK/unpacked"
+        tar -xf "$src" -C "$WORK/unpacked" || die "$src: not a tarball tar can read"
+        src="$WORK/unpacked"
+    elif [ ! -d "$src" ]; then
+        die "MNIST: $src is neither a folder nor a tarball"
+    fi
+    mkdir -p "$data"
+    for name in "${NAMES[@]}"; do
+        dotted="${name/-idx/.idx}"        # Kaggle's train-images.idx3-ubyte
+        f="$(find_one "$src" "$name")"; [ -n "$f" ] || f="$(find_one "$src" "$dotted")"
+        if [ -n "$f" ]; then
+            ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$data/$name"
+            continue
+        fi
+        f="$(find_one "$src" "$name.gz")"; [ -n "$f" ] || f="$(find_one "$src" "$dotted.gz")"
+        [ -n "$f" ] || die "MNIST: no $name (nor $name.gz) under $1; give the folder that holds the four IDX files"
+        gunzip -c "$f" > "$data/$name" || die "MNIST: $f is not a whole gzip file"
+    done
+    echo "$data"
+}
+
+DATA=""
+if [ -n "$MNIST" ]; then
+    DATA="$(prepare_mnist "$MNIST")"
+    say "MNIST: the four IDX files from $MNIST ($(du -shL "$DATA" | cut -f1))"
+fi
+
+# --- the machine ----------------------------------------------------------------------------------------
+MACHINE="$("$PYTHON" -c "
+import platform, torch
+gpu = f'{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}' if torch.cuda.is_available() else 'no CUDA GPU'
+print(f'{gpu}; torch {torch.__version__}; {platform.machine()}, {torch.get_num_threads()} CPU threads')")"
+echo "machine: $MACHINE"
+HAS_GPU=0
+[[ "$MACHINE" == "no CUDA GPU;"* ]] || HAS_GPU=1
+if [ "$HAS_GPU" = 1 ]; then
+    DEVICE=cuda
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+elif [ "$DRY_RUN" = 1 ]; then
+    DEVICE=cpu
+else
+    DEVICE=""
+fi
+if [ "$DRY_RUN" = 1 ]; then
+    DEVICE=cpu
+    EPOCHS=1
+fi
+[ -z "$DEVICE" ] || [ -n "$DATA" ] || die "no MNIST given: pass its folder (or set MNIST_DIR); see --help"
+
+# --- 1. the cuda tests ----------------------------------------------------------------------------------
+say "cuda tests: pytest -m cuda test_cuda.py${DATA:+ (real MNIST from $MNIST)}"
+TESTS="failed"
+if MNIST_DIR="$DATA" timeout "$(( $(left) < 270 ? $(left) : 270 ))" \
+        "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider test_cuda.py > "$WORK/tests.log" 2>&1; then
+    TESTS="ok"
+else
+    FAILED=1
+    tail -n 30 "$WORK/tests.log"
+fi
+SUMMARY="$(grep -E '(passed|failed|skipped|error)' "$WORK/tests.log" | tail -n 1 || true)"
+say "cuda tests: $TESTS: $SUMMARY"
+
+if [ -z "$DEVICE" ]; then
+    say "no CUDA GPU here: the cuda tests skipped; the timings need a GPU (or --cpu-dry-run to check this script)"
+    exit "$FAILED"
+fi
+
+# --- 2. timings: train, sample 1,000 guided digits, score -----------------------------------------------
+if [ "$DRY_RUN" = 1 ]; then
+    TRAIN_EXTRA=(--limit 512 --channels 8 8 8); N_SAMPLES=100
+    export OMP_NUM_THREADS=1   # a small model on a shared CPU: two threads ran 7x slower than one
+else
+    TRAIN_EXTRA=(); N_SAMPLES=1000
+fi
+declare -A DEFAULT_EPOCHS=([ddpm_class]=20 [flow_class]=15)   # the scripts' --epochs defaults
+ROWS=()
+ESTIMATES=()
+
+timed() {  # timed LOG CMD...: stdout to LOG, stderr to LOG.err, within what is left of the budget; sets SECS
+    local log="$1" t0=$SECONDS rc=0 budget
+    shift
+    budget=$(left)
+    if [ "$budget" -le 10 ]; then
+        echo "  skipped: the ${BUDGET_S} s budget is spent"; SECS=0; return 124
+    fi
+    timeout "$budget" "$@" > "$log" 2> "$log.err" || rc=$?
+    SECS=$((SECONDS - t0))
+    if [ "$rc" -ne 0 ]; then
+        tail -n 5 "$log"; tail -n 15 "$log.err"
+        [ "$rc" -ne 124 ] || echo "  cut off: the ${BUDGET_S} s budget ran out"
+    fi
+    return "$rc"
+}
+
+for s in ddpm_class flow_class; do
+    out="$WORK/runs/$s"
+    train_s="-"; per_epoch="-"; img_s="-"; sample_s="-"; acc="-"; fid="-"
+    say "$s: training $EPOCHS epochs on $DEVICE"
+    if timed "$WORK/$s.train.log" "$PYTHON" -u "$s.py" --data-dir "$DATA" --out-dir "$out" --epochs "$EPOCHS" \
+            --device "$DEVICE" ${TRAIN_EXTRA[@]+"${TRAIN_EXTRA[@]}"}; then
+        train_s=$SECS
+        line="$(grep -E '^train: ' "$WORK/$s.train.log" | tail -n 1 || true)"   # train: X s/epoch, Y img/s
+        per_epoch="$(sed -nE 's/^train: ([0-9.]+) s\/epoch.*/\1/p' <<< "$line")"; per_epoch="${per_epoch:--}"
+        img_s="$(sed -nE 's/^train: .* ([0-9.]+) img\/s.*/\1/p' <<< "$line")"; img_s="${img_s:--}"
+        say "$s: $line (${SECS} s in all)"
+        [ "$per_epoch" = "-" ] || ESTIMATES+=("$s: ${DEFAULT_EPOCHS[$s]} epochs ≈ $("$PYTHON" -c \
+            "print(round(${DEFAULT_EPOCHS[$s]} * $per_epoch))") s of training (computed: ${DEFAULT_EPOCHS[$s]} x $per_epoch s/epoch)")
+        say "$s: $N_SAMPLES guided digits (--sample-only)"
+        if timed "$WORK/$s.sample.log" "$PYTHON" -u "$s.py" --out-dir "$out" --sample-only --n-samples "$N_SAMPLES" \
+                --device "$DEVICE"; then
+            sample_s="$(sed -nE "s/^sample: $N_SAMPLES digits.* in ([0-9.]+) s.*/\1/p" "$WORK/$s.sample.log" | tail -n 1)"
+            sample_s="${sample_s:-?} (${SECS})"
+            say "$s: evaluate.py"
+            if timed "$WORK/$s.eval.json" "$PYTHON" evaluate.py "$out/samples.pt" --data-dir "$DATA" --json \
+                    --device "$DEVICE"; then
+                read -r acc fid < <("$PYTHON" - "$WORK/$s.eval.json" <<'EOF'
+import json, sys
+row = next(iter(json.load(open(sys.argv[1]))["files"].values()))
+print(f"{100 * row['acc']:.2f}% {row['fid']:.2f}")
+EOF
+                ) || { acc="?"; fid="?"; }
+            else
+                FAILED=1
+            fi
+        else
+            FAILED=1
+        fi
+    else
+        FAILED=1
+    fi
+    ROWS+=("| $s.py | $EPOCHS | $train_s | $per_epoch | $img_s | $sample_s | $acc | $fid |")
+done
+
+# --- 3. the table ---------------------------------------------------------------------------------------
+echo
+echo "$MACHINE; $(date -u +%Y-%m-%d)$([ "$DRY_RUN" = 1 ] && echo ", --cpu-dry-run: --limit 512 --channels 8 8 8, $N_SAMPLES digits")"
+echo
+echo "| script | epochs | train s | s/epoch | img/s | sampling s ($N_SAMPLES digits; whole command) | accuracy | FID |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+printf '%s\n' "${ROWS[@]}"
+echo
+echo "train s: the whole training command (start, data, snapshots, figures); s/epoch and img/s: the script's own"
+echo "'train:' line (the training steps only; the first epoch includes cuDNN's warm-up). Accuracy: evaluate.py's"
+echo "shipped classifier reads the digit asked for; FID against the 10,000 test digits. cuda tests: $TESTS ($SUMMARY)."
+[ ${#ESTIMATES[@]} -eq 0 ] || printf '%s\n' "${ESTIMATES[@]}"
+say "done in $((SECONDS - START)) s"
+exit "$FAILED"
