@@ -1,5 +1,8 @@
 """Fixtures shared by the tests: tiny MNIST-format IDX files written to a temp folder, so every
 test runs offline through the scripts' real loading code (read_idx)."""
+import contextlib
+import importlib
+import io
 import os
 import signal
 import struct
@@ -12,6 +15,10 @@ import torch
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# every test on one thread, here and in every process a test starts: the tests' tiny models run faster so, two
+# threads per process collapse when two workers share 2 cores, and the same thread count gives the same floats
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 # the real MNIST copy, if present: $MNIST_DIR (tools/gpu_check.sh sets it), else the CI machine's copy
 REAL_MNIST = os.environ.get("MNIST_DIR") or os.path.join(HERE, "..", "shared", "mnist")
 
@@ -72,14 +79,31 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def run_script(script, *args, cwd=None, check=True, timeout=600, threads=1):
-    """Run one of our scripts as a user would (a fresh process on the CPU); return the result. One thread
-    by default: the tests' tiny models run faster on one, and two collapse when another process holds a core."""
-    cmd = [sys.executable, os.path.join(HERE, script), *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+def run_script(script, *args, cwd=None, check=True, timeout=600, threads=1, process=False):
+    """Run one of our scripts with these command-line arguments, on the CPU, and return the result (returncode,
+    stdout, stderr). By default in this process: the script's main(argv), its output captured, its exit code
+    taken from SystemExit, seconds faster than a new interpreter (torch's import alone takes seconds). A test of
+    the command line itself (a real process, a folder to run in) passes process=True or cwd. One thread either
+    way (see the top of this file), or `threads`."""
+    if process or cwd is not None:
+        cmd = [sys.executable, os.path.join(HERE, script), *map(str, args)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    else:
+        module, out, err = importlib.import_module(script[:-3]), io.StringIO(), io.StringIO()
+        threads_before, code = torch.get_num_threads(), 0
+        torch.set_num_threads(threads)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                module.main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        finally:
+            torch.set_num_threads(threads_before)
+        r = subprocess.CompletedProcess([script, *map(str, args)], code, out.getvalue(), err.getvalue())
     if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        raise AssertionError(f"{script} {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout[-3000:]}\n"
+                             f"{r.stderr[-3000:]}")
     return r
 
 

@@ -25,13 +25,13 @@ Conventions:
     starts from pure noise; --T 1000 leaves 0.006, the cosine schedule almost none (compare_schedules.py).
     pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); saved in [0, 1] or uint8. Every sampler step clips
     its x_0 to [0, 1] and uses the matching eps (Ho et al.'s clip_denoised): guided x_0 overshoots the data range.
-    Sampler: DDIM 50 (and the snapshots); --sampler ddpm is the course's, all T steps. --guide-from S (off: 0):
+    Sampler: DDIM 50 (--steps; the snapshots too); --sampler ddpm is the course's, all T steps. --guide-from S (off: 0):
     w > 1 only where sqrt(alpha_bar_t) / (sqrt(alpha_bar_t) + sqrt(1 - alpha_bar_t)) >= S, flow_class.py's t.
 Writes to --out-dir (runs/ddpm_class): ckpt.pt (every epoch, atomically), samples_epochNNN.png (epochs 1, 5, 10, 15,
     20, last), samples.png, strip.png, loss.png, guidance.png, trajectory.pt, snapshots.pt, samples.pt (--n-samples).
 What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without --resume and
-    --sample-only drop open_run, restore_run and the RNG state; with the four IDX files in one folder drop the
-    Kaggle layouts in find_idx_files.
+    --sample-only, call prepare_out_dir for open_run and drop restore_run and the RNG state; with the four IDX
+    files in one folder drop the Kaggle layouts in find_idx_files.
 """
 import argparse
 import copy
@@ -55,7 +55,7 @@ SNAPSHOT_EPOCHS = (1, 5, 10, 15, 20)  # sample grids saved after these epochs (i
 GUIDANCE_SWEEP = (0, 1, 3, 5, 10)     # the w values of guidance.png
 NULL = 10                              # the "no label" class (digits are 0..9): eps_u = eps_theta(x_t, t, NULL)
 GRID_ROWS = 8                          # samples.png and the snapshots: 8 rows of 8 digits
-DDIM_STEPS = 50                        # --steps of --sampler ddim, and of the snapshots and the guidance sweep
+DDIM_STEPS = 50                        # --steps of --sampler ddim; the snapshots and the guidance sweep take --steps
 TRAIN_KEYS = ("limit", "channels", "T", "schedule", "batch_size", "lr", "ema_decay", "p_uncond", "seed")
 
 
@@ -297,8 +297,8 @@ def ddpm_loss_cfg(model, x0, y, sched, p_uncond):
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
     """theta_ema <- d theta_ema + (1 - d) theta,  d = min(decay, (1 + step) / (10 + step)). The warm-up soon forgets
-    the random initial weights, but d reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,991 for 0.999,
-    epoch 20 at 469 steps per epoch. Until then the warm-up, not --ema-decay, sets how long the average is."""
+    the random initial weights, but d reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,990 for 0.999,
+    in epoch 20 at 469 steps per epoch. Until then the warm-up, not --ema-decay, sets how long the average is."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
@@ -330,6 +330,7 @@ def main(argv=None):
     row_labels = [str(d) for d in args.digits for _ in range(rows_per_digit)]
     x_T = torch.randn(len(y_grid), 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
     eps_grid = guided_eps_fn(ema, y_grid, args.guidance, sched, args.guide_from)
+    ddim_steps = args.steps or DDIM_STEPS                         # the snapshots' and the guidance sweep's DDIM
 
     # train: the whole set on the device, shuffled batches (no DataLoader); a checkpoint after every epoch
     if not args.sample_only and run["epoch"] < args.epochs:
@@ -348,10 +349,10 @@ def main(argv=None):
                     step += 1
                     log.step(loss, len(idx))
             train_s += log.seconds
-            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # DDIM 50 on the EMA weights
-                x0 = sample(eps_grid, x_T, sched, "ddim", DDIM_STEPS, None)[0]
+            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # DDIM on the EMA weights
+                x0 = sample(eps_grid, x_T, sched, "ddim", ddim_steps, None)[0]
                 save_snapshot(run, epoch, x0, y_grid, args.out_dir, row_labels,
-                              f"{SCRIPT}: epoch {epoch} (EMA, w={args.guidance}, DDIM 50)")
+                              f"{SCRIPT}: epoch {epoch} (EMA, w={args.guidance}, DDIM {ddim_steps})")
             save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
         n = args.epochs - first + 1
         print(f"train: {train_s / n:.1f} s/epoch, {n * len(x_all) / train_s:.0f} img/s")
@@ -359,8 +360,7 @@ def main(argv=None):
         plot_loss(run["loss_history"], os.path.join(args.out_dir, "loss.png"), f"{SCRIPT}: training loss")
 
     # figures: the final grid with the chosen sampler, its reverse process, and the guidance sweep
-    gen = torch.Generator().manual_seed(args.seed + 2)            # sampler noise z, drawn on the CPU
-    t0 = time.time()
+    gen, t0 = torch.Generator().manual_seed(args.seed + 2), time.time()  # gen: the sampler's noise z, on the CPU
     x0, ts, frames = sample(eps_grid, x_T, sched, args.sampler, args.steps, gen)
     label = f"{args.sampler.upper()} {len(ts) - 1} steps, w={args.guidance}" + \
         (f" from s={args.guide_from:g}" if args.guide_from and args.guidance > 1 else "")
@@ -372,9 +372,9 @@ def main(argv=None):
     save_atomic({"frames": frames, "t": ts, "y": y_grid.cpu(), "nrow": 8}, os.path.join(args.out_dir, "trajectory.pt"))
     half = slice(None, None, 2)                                   # 4 digits per row, the same noise for each w
     sweep = {w: to_unit_range(sample(guided_eps_fn(ema, y_grid[half], w, sched, args.guide_from), x_T[half], sched,
-                                     "ddim", DDIM_STEPS, None)[0]).cpu() for w in GUIDANCE_SWEEP}
+                                     "ddim", ddim_steps, None)[0]).cpu() for w in GUIDANCE_SWEEP}
     plot_guidance(sweep, os.path.join(args.out_dir, "guidance.png"), row_labels, 4,
-                  f"{SCRIPT}: eps_u + w (eps_c - eps_u), EMA, DDIM 50 steps")
+                  f"{SCRIPT}: eps_u + w (eps_c - eps_u), EMA, DDIM {ddim_steps} steps")
 
     # samples: N digits for evaluate.py, the requested digits in turn (0, 1, ..., 9, 0, 1, ...)
     if args.n_samples:
@@ -601,12 +601,11 @@ def set_rng_state(state, device):
 
 # --- shared: epoch log ---
 class EpochLog:
-    """The training loop's bookkeeping for one epoch: the progress bar, Ctrl-C, and a check every 25 steps (the
-    only host sync) that stops at the first NaN or infinite loss, before a checkpoint holds it. On a clean exit
-    the epoch's losses join run["loss_history"], run["epoch"] is set and .seconds is the epoch's time."""
+    """One epoch's bookkeeping: progress bar, Ctrl-C, and a NaN check every 25 steps (the only host sync), before a
+    checkpoint holds the loss. On a clean exit the losses join run["loss_history"], and .seconds is set."""
 
     def __init__(self, run, epoch, epochs, n_images):
-        self.run, self.epoch, self.losses, self.t0 = run, epoch, [], time.time()
+        self.run, self.epoch, self.losses, self.t0, self.left = run, epoch, [], time.time(), n_images
         self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
 
     def __enter__(self):
@@ -615,9 +614,10 @@ class EpochLog:
     def step(self, loss, n_images):
         self.losses.append(loss.detach())
         self.bar.update(n_images)
+        self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
         if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
             raise KeyboardInterrupt
-        if len(self.losses) % 25 == 0 or self.bar.n >= self.bar.total:  # one host sync every 25 steps
+        if len(self.losses) % 25 == 0 or self.left <= 0:  # one host sync every 25 steps, and at the epoch's end
             losses = torch.stack(self.losses)
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):
@@ -696,9 +696,9 @@ def plot_guidance(grids, path, row_labels, ncol, title):
     """{w: x01 (rows * ncol, 1, 28, 28)} -> one PNG, a panel of ncol columns per guidance scale w, a blank column
     between panels: the same starting noise and digits in every panel."""
     rows, blank = len(row_labels), torch.ones(len(row_labels), 1, 1, 28, 28)
-    x01 = torch.cat([torch.cat([x.view(rows, ncol, 1, 28, 28), blank], 1) for x in grids.values()], 1).flatten(0, 1)
-    col_labels = [f"w={w:g}" if c == ncol // 2 else "" for w in grids for c in range(ncol + 1)]
-    save_grid(x01, path, (ncol + 1) * len(grids), title, row_labels, col_labels)
+    x01 = torch.cat([torch.cat([x.view(rows, ncol, 1, 28, 28), blank], 1) for x in grids.values()], 1)[:, :-1]
+    col_labels = [f"w={w:g}" if c == (ncol - 1) // 2 else "" for w in grids for c in range(ncol + 1)][:-1]
+    save_grid(x01.flatten(0, 1), path, (ncol + 1) * len(grids) - 1, title, row_labels, col_labels)
 
 # --- shared: entry point ---
 def run_main(main):

@@ -29,8 +29,8 @@ Writes to --out-dir (default runs/ddpm_time): ckpt.pt (every epoch, atomically),
     10, 15, 20, last), samples.png, strip.png, loss.png, trajectory.pt and snapshots.pt (make_gif.py), samples.pt
     (--n-samples N, for evaluate.py).
 What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without --resume and
-    --sample-only drop open_run, restore_run and the RNG state; with the four IDX files in one folder drop the
-    Kaggle layouts in find_idx_files.
+    --sample-only, call prepare_out_dir for open_run and drop restore_run and the RNG state; with the four IDX
+    files in one folder drop the Kaggle layouts in find_idx_files.
 """
 import argparse
 import copy
@@ -268,8 +268,8 @@ def ddpm_loss(model, x0, sched):
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
     """theta_ema <- d theta_ema + (1 - d) theta,  d = min(decay, (1 + step) / (10 + step)). The warm-up soon forgets
-    the random initial weights, but d reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,991 for 0.999,
-    epoch 20 at 469 steps per epoch. Until then the warm-up, not --ema-decay, sets how long the average is."""
+    the random initial weights, but d reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,990 for 0.999,
+    in epoch 20 at 469 steps per epoch. Until then the warm-up, not --ema-decay, sets how long the average is."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
@@ -559,12 +559,11 @@ def set_rng_state(state, device):
 
 # --- shared: epoch log ---
 class EpochLog:
-    """The training loop's bookkeeping for one epoch: the progress bar, Ctrl-C, and a check every 25 steps (the
-    only host sync) that stops at the first NaN or infinite loss, before a checkpoint holds it. On a clean exit
-    the epoch's losses join run["loss_history"], run["epoch"] is set and .seconds is the epoch's time."""
+    """One epoch's bookkeeping: progress bar, Ctrl-C, and a NaN check every 25 steps (the only host sync), before a
+    checkpoint holds the loss. On a clean exit the losses join run["loss_history"], and .seconds is set."""
 
     def __init__(self, run, epoch, epochs, n_images):
-        self.run, self.epoch, self.losses, self.t0 = run, epoch, [], time.time()
+        self.run, self.epoch, self.losses, self.t0, self.left = run, epoch, [], time.time(), n_images
         self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
 
     def __enter__(self):
@@ -573,9 +572,10 @@ class EpochLog:
     def step(self, loss, n_images):
         self.losses.append(loss.detach())
         self.bar.update(n_images)
+        self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
         if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
             raise KeyboardInterrupt
-        if len(self.losses) % 25 == 0 or self.bar.n >= self.bar.total:  # one host sync every 25 steps
+        if len(self.losses) % 25 == 0 or self.left <= 0:  # one host sync every 25 steps, and at the epoch's end
             losses = torch.stack(self.losses)
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):

@@ -607,12 +607,11 @@ def set_rng_state(state, device):
 
 # --- shared: epoch log ---
 class EpochLog:
-    """The training loop's bookkeeping for one epoch: the progress bar, Ctrl-C, and a check every 25 steps (the
-    only host sync) that stops at the first NaN or infinite loss, before a checkpoint holds it. On a clean exit
-    the epoch's losses join run["loss_history"], run["epoch"] is set and .seconds is the epoch's time."""
+    """One epoch's bookkeeping: progress bar, Ctrl-C, and a NaN check every 25 steps (the only host sync), before a
+    checkpoint holds the loss. On a clean exit the losses join run["loss_history"], and .seconds is set."""
 
     def __init__(self, run, epoch, epochs, n_images):
-        self.run, self.epoch, self.losses, self.t0 = run, epoch, [], time.time()
+        self.run, self.epoch, self.losses, self.t0, self.left = run, epoch, [], time.time(), n_images
         self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
 
     def __enter__(self):
@@ -621,9 +620,10 @@ class EpochLog:
     def step(self, loss, n_images):
         self.losses.append(loss.detach())
         self.bar.update(n_images)
+        self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
         if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
             raise KeyboardInterrupt
-        if len(self.losses) % 25 == 0 or self.bar.n >= self.bar.total:  # one host sync every 25 steps
+        if len(self.losses) % 25 == 0 or self.left <= 0:  # one host sync every 25 steps, and at the epoch's end
             losses = torch.stack(self.losses)
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):

@@ -16,10 +16,10 @@ layer, 10 logits. The repository ships one, pretrained/mnist_classifier.pt (99.4
 every FID in RESULTS.md was computed in its features, so yours compare with them, as FIDs elsewhere
 compare because everyone uses the same Inception weights. Without it (this file copied alone, or
 --classifier PATH to a file that does not exist) the first run trains one with Adam and a one-cycle
-LR on random +-2 px shifts of the training digits: 4 epochs, about 3 minutes on one CPU core,
-99.4 % test accuracy (a warning below 99 %). Weights, test accuracy and an arch tag go to
+LR on random +-2 px shifts of the training digits, 4 epochs (its time and accuracy: RESULTS.md; a warning below
+99 %). Weights, test accuracy and an arch tag go to
 DATA_DIR/mnist_classifier.pt (or that PATH, written atomically) and later runs load them. A
-retrained classifier moves FIDs by about 5 %: compare rows scored with the same one. A cache that
+retrained classifier moves FIDs (RESULTS.md): compare rows scored with the same one. A cache that
 does not load or has another arch tag is an error, not silently retrained: every score you compare
 depends on it, so replacing it is your decision (delete the file). The test accuracy is measured
 again on every run.
@@ -52,7 +52,7 @@ Conventions:
 Writes: the table (or --json) on stdout, and the classifier cache when it trains one.
 What you can delete for an assignment: the checks in load_samples and load_classifier keep a wrong file
     from giving quiet nonsense, not the metrics; without --json drop the redirect of stdout; with a
-    classifier trained every run (~3 min) drop the cache; with the four IDX files in one folder drop the
+    classifier trained every run drop the cache; with the four IDX files in one folder drop the
     Kaggle layouts in find_idx_files.
 """
 import argparse
@@ -136,7 +136,7 @@ def random_shift(x, max_shift=2):
 def train_classifier(x_train, y_train, epochs, device, batch_size=128):
     """Adam with a one-cycle LR (warm up, then anneal to ~0): 99 % in a few epochs.
     Whole set on the device, batches from torch.randperm; no DataLoader."""
-    model = Classifier().to(device, memory_format=torch.channels_last).train()  # channels_last: 1.5x on CPU
+    model = Classifier().to(device, memory_format=torch.channels_last).train()  # channels_last: faster on CPU
     x_train, y_train = x_train.to(device), y_train.to(device)
     n_batches = max(1, len(x_train) // batch_size)  # tensor_split: no batch of 1, which BatchNorm rejects
     opt = torch.optim.Adam(model.parameters())

@@ -23,15 +23,15 @@ Conventions:
     t: training draws t ~ U[0, 1); sampling visits t = i / steps, i = 0..steps. Our t counts signal, DDPM's noise:
     x_t is DDPM's x at noise level 1 - t, mixed linearly. u predicts both ends: x_1 = x_t + (1 - t) u, x_0 = x_t - t u.
     The network is the DDPM scripts' UNet fed --time-scale * t = 1000 t: its sinusoidal embedding's frequencies run
-    from 1 down to 1/10000, so t in [0, 1] itself would barely change most features; 1000 is the common DDPM step count.
+    from 1 down to about 1/10000, so t in [0, 1] itself would barely change most features (1000: DDPM's usual T).
     pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); saved in [0, 1] (clamped) or uint8. x_t is never clipped:
     clip_x1 (--clip, default) aims each step at its x_1 = x_t + (1 - t) u clamped to [0, 1] (as DDPM clips its x_0).
 Course (CS180 Fall 2025, Project 5B): its own UNet, p_uncond 0.1, gamma = w = 5. Ours is ddpm_class.py's training;
     besides the method only 15 epochs (not 20), --guide-from 0.6 (not 0) and the time input (1000 t, not 1..300) differ.
 Writes to --out-dir (default runs/flow_class): ckpt.pt (every epoch, atomically), samples_epochNNN.png (epochs 1, 5,
     10, 15, last), samples.png, strip.png, loss.png, guidance.png, trajectory.pt, snapshots.pt, samples.pt.
-What you can delete for an assignment (the tail keeps runs safe, not the method): open_run, restore_run and the RNG
-    state without --resume / --sample-only; find_idx_files' Kaggle layouts; heun_step (Euler only); clip_x1 (--no-clip).
+What you can delete for an assignment (the tail keeps runs safe): without --resume / --sample-only restore_run, the
+    RNG state and open_run (call prepare_out_dir); Kaggle layouts; heun_step (Euler only); clip_x1 (--no-clip).
 """
 import argparse
 import copy
@@ -55,7 +55,7 @@ SNAPSHOT_EPOCHS = (1, 5, 10, 15)      # sample grids saved after these epochs (i
 GUIDANCE_SWEEP = (0, 1, 3, 5, 10)     # the w values of guidance.png
 NULL = 10                              # the "no label" class (digits are 0..9): u_u = u_theta(x_t, t, NULL)
 GRID_ROWS = 8                          # samples.png and the snapshots: 8 rows of 8 digits
-STEPS = 50                             # --steps default (the course's num_ts), and the Euler steps of the snapshots
+STEPS = 50                             # --steps default (the course's num_ts); the snapshots take --steps Euler steps
 TRAIN_KEYS = ("limit", "channels", "time_scale", "batch_size", "lr", "ema_decay", "p_uncond", "seed")
 
 
@@ -118,7 +118,7 @@ def target_velocity(x0, x1):
 
 def velocity(model, x_t, t, scale, y=None):
     """u_theta(x_t, t), or u_theta(x_t, t, y), for a batch of t (B,) in [0, 1]: the UNet fed scale * t (--time-scale,
-    1000), since its sinusoidal embedding's frequencies run from 1 down to 1/10000 per unit of its input."""
+    1000), since its sinusoidal embedding's frequencies run from 1 down to about 1/10000 per unit of its input."""
     return model(x_t, scale * t, y)
 
 
@@ -293,8 +293,8 @@ def flow_loss_cfg(model, x1, y, scale, p_uncond):
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
     """theta_ema <- d theta_ema + (1 - d) theta,  d = min(decay, (1 + step) / (10 + step)). The warm-up soon forgets
-    the random initial weights, but d reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,991 for 0.999,
-    epoch 20 at 469 steps per epoch. Until then the warm-up, not --ema-decay, sets how long the average is."""
+    the random initial weights, but d reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,990 for 0.999,
+    in epoch 20 at 469 steps per epoch. Until then the warm-up, not --ema-decay, sets how long the average is."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
@@ -347,10 +347,10 @@ def main(argv=None):
                     step += 1
                     log.step(loss, len(idx))
             train_s += log.seconds
-            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # Euler 50 on the EMA weights, as the course
-                x_1 = flow_sample(u_grid, x_0, "euler", STEPS)[0]
+            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # Euler, --steps (50, as the course), EMA weights
+                x_1 = flow_sample(u_grid, x_0, "euler", args.steps)[0]
                 save_snapshot(run, epoch, x_1, y_grid, args.out_dir, row_labels,
-                              f"{SCRIPT}: epoch {epoch} (EMA, {w_label}, Euler {STEPS}, NFE {STEPS})")
+                              f"{SCRIPT}: epoch {epoch} (EMA, {w_label}, Euler {args.steps}, NFE {args.steps})")
             save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
         n = args.epochs - first + 1
         print(f"train: {train_s / n:.1f} s/epoch, {n * len(x_all) / train_s:.0f} img/s")
@@ -601,12 +601,11 @@ def set_rng_state(state, device):
 
 # --- shared: epoch log ---
 class EpochLog:
-    """The training loop's bookkeeping for one epoch: the progress bar, Ctrl-C, and a check every 25 steps (the
-    only host sync) that stops at the first NaN or infinite loss, before a checkpoint holds it. On a clean exit
-    the epoch's losses join run["loss_history"], run["epoch"] is set and .seconds is the epoch's time."""
+    """One epoch's bookkeeping: progress bar, Ctrl-C, and a NaN check every 25 steps (the only host sync), before a
+    checkpoint holds the loss. On a clean exit the losses join run["loss_history"], and .seconds is set."""
 
     def __init__(self, run, epoch, epochs, n_images):
-        self.run, self.epoch, self.losses, self.t0 = run, epoch, [], time.time()
+        self.run, self.epoch, self.losses, self.t0, self.left = run, epoch, [], time.time(), n_images
         self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
 
     def __enter__(self):
@@ -615,9 +614,10 @@ class EpochLog:
     def step(self, loss, n_images):
         self.losses.append(loss.detach())
         self.bar.update(n_images)
+        self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
         if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
             raise KeyboardInterrupt
-        if len(self.losses) % 25 == 0 or self.bar.n >= self.bar.total:  # one host sync every 25 steps
+        if len(self.losses) % 25 == 0 or self.left <= 0:  # one host sync every 25 steps, and at the epoch's end
             losses = torch.stack(self.losses)
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):
@@ -696,9 +696,9 @@ def plot_guidance(grids, path, row_labels, ncol, title):
     """{w: x01 (rows * ncol, 1, 28, 28)} -> one PNG, a panel of ncol columns per guidance scale w, a blank column
     between panels: the same starting noise and digits in every panel."""
     rows, blank = len(row_labels), torch.ones(len(row_labels), 1, 1, 28, 28)
-    x01 = torch.cat([torch.cat([x.view(rows, ncol, 1, 28, 28), blank], 1) for x in grids.values()], 1).flatten(0, 1)
-    col_labels = [f"w={w:g}" if c == ncol // 2 else "" for w in grids for c in range(ncol + 1)]
-    save_grid(x01, path, (ncol + 1) * len(grids), title, row_labels, col_labels)
+    x01 = torch.cat([torch.cat([x.view(rows, ncol, 1, 28, 28), blank], 1) for x in grids.values()], 1)[:, :-1]
+    col_labels = [f"w={w:g}" if c == (ncol - 1) // 2 else "" for w in grids for c in range(ncol + 1)][:-1]
+    save_grid(x01.flatten(0, 1), path, (ncol + 1) * len(grids) - 1, title, row_labels, col_labels)
 
 # --- shared: entry point ---
 def run_main(main):

@@ -24,9 +24,8 @@ Which steps become frames (counted in diffusion steps, so DDPM and DDIM runs loo
 Each frame: a header "t = 300" (or "t = 0.50", "epoch 5"), for class-conditioned runs a column with the
 digit of each row, then the grid upscaled --scale times (nearest neighbour) in --levels grey levels.
 The last frame stays --hold seconds longer, and the GIF loops forever.
-Size: noise does not compress, so the noisy frames cost the most bytes (about 100 KB each for
-80 digits at --scale 2, 10 KB near t = 0): 80 digits, T = 300 make about 2 MB at the defaults.
-Finer steps (--stride 5), --scale 3 or exact greys (--levels 256) each cost about 2x the bytes.
+Size: noise does not compress, so the noisy frames cost the most bytes; finer steps (--stride 5),
+--scale 3 or exact greys (--levels 256) each make the file larger.
 Bad input (no run folder, a missing or malformed file, a bad flag): one line on stderr and exit code 2.
 What you can delete for an assignment: the checks in load_trajectory and load_snapshots keep a wrong
     file from a traceback, not the picture; with torchvision at hand, tile is make_grid; without labels
@@ -89,7 +88,7 @@ def pick_frames(t, stride, dense):
 def choose_frames(t, stride, dense):
     """The frames to show and their headers. DDPM: integer t from T down to 0, "t = 300". Flow
     matching: float t from 0.0 up to 1.0, chosen by its noise level s = 1 - t on DDPM's scale
-    (FLOW_SCALE s, rounded to 1e-3 so float32 t = 0.95 counts as 15 exactly), "t = 0.50"."""
+    (FLOW_SCALE s, rounded to 1e-3 so t = 0.95 counts as 15 exactly), "t = 0.50"."""
     if t.is_floating_point():
         keep = pick_frames([round(FLOW_SCALE * (1 - s), 3) for s in t.tolist()], stride, dense)
         return keep, [f"t = {t[i].item():.2f}" for i in keep]

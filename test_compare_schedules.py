@@ -183,6 +183,7 @@ def test_one_schedule(tiny_mnist, tmp_path, capsys):
     assert os.path.isfile(tmp_path / "samples.png") and "linear: 64 digits sampled" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_retraining(smoke, tiny_mnist, tmp_path):
     """SIGKILL while the second schedule trains; --resume must keep the first as it is and end with the
     second bit-identical to the uninterrupted smoke run."""
@@ -297,6 +298,6 @@ def test_existing_run_is_not_overwritten(smoke, capsys):
 def test_no_traceback_from_a_process(tmp_path):
     """The same error as a user sees it: a fresh process, exit code 2, no traceback."""
     r = run_script("compare_schedules.py", "--data-dir", tmp_path / "empty", "--out-dir", tmp_path / "out",
-                   *TINY, check=False)
+                   *TINY, check=False, process=True)
     one_line_error(r)
     assert len(r.stderr.strip().splitlines()) == 1

@@ -170,6 +170,7 @@ def test_unet_shapes_follow_the_spec():
 
 
 # --- resume and errors -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tiny_run, tmp_path):
     """Kill a run with SIGKILL as soon as its first checkpoint is on disk, resume it with no other flag
     (--D, --batch-size, --epochs come from the checkpoint), and compare with the uninterrupted module
@@ -247,7 +248,7 @@ def test_a_nan_loss_in_a_new_process_is_the_last_line(tiny_mnist, tmp_path):
     """As a user sees it (--lr 1e30 blows the weights up at once): the error is the last line on stderr,
     after the progress bar, exit code 2, and no checkpoint of a broken epoch is written."""
     r = run_script(SCRIPT, "--data-dir", tiny_mnist, "--out-dir", tmp_path, "--epochs", "1", "--lr", "1e30", *TINY,
-                   check=False)
+                   check=False, process=True)
     msg = one_line_error(r)
     assert msg.startswith("error: the loss is") and "at epoch 1, step" in msg and "no checkpoint was written" in msg
     assert not os.path.exists(tmp_path / "ckpt.pt")

@@ -211,6 +211,7 @@ def test_data_range(tiny_mnist):
 
 
 # --- resume -------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["ddpm_time.py", "ddpm_class.py"])
 def test_killed_run_resumes_to_the_same_weights(script, tiny_mnist, tmp_path):
     """Kill a run with SIGKILL as soon as its first checkpoint is on disk, resume it, and compare

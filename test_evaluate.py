@@ -207,7 +207,7 @@ def test_a_folder_without_samples_is_one_line_naming_the_command(tmp_path):
 
 def test_bad_file_from_the_command_line_exits_2_without_traceback(tmp_path):
     path = write_bad(tmp_path / "bad.pt", BAD["range [-1, 1]"])
-    r = run_script("evaluate.py", path, "--data-dir", tmp_path, check=False)
+    r = run_script("evaluate.py", path, "--data-dir", tmp_path, check=False, process=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "(x + 1) / 2" in r.stderr
     assert not os.path.exists(tmp_path / "MNIST")  # failed before touching the data

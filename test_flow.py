@@ -20,7 +20,7 @@ from conftest import HERE, assert_png, kill_when_written, one_line_error, run_sc
 
 SCRIPTS = ["flow_time.py", "flow_class.py"]
 TINY = ["--channels", "8", "8", "8", "--device", "cpu"]  # a model that trains in a second
-STEPS = 4                                                # sampler steps of the test runs (the snapshots use 50)
+STEPS = 4                                                # sampler steps of the test runs (and of their snapshots)
 
 
 # --- the path and the loss -------------------------------------------------------------------------
@@ -334,6 +334,7 @@ def test_evaluate_scores_flow_samples(trained_run, tiny_mnist, tmp_path):
     assert (row["acc"] is not None) == (script == "flow_class.py")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tiny_mnist, tmp_path):
     """SIGKILL a run once its first checkpoint is on disk, resume it, and compare with an uninterrupted
     run: model, EMA, optimizer and loss history bit-identical. (flow_class.py keeps its RNG the same way:
@@ -365,7 +366,7 @@ def main_error(module, argv, capsys):
 
 def test_bad_flag_is_a_one_line_error(tmp_path):
     """As a user sees it: a fresh process, exit code 2, no traceback, nothing written."""
-    r = run_script("flow_time.py", "--out-dir", tmp_path, "--steps", "0", check=False)
+    r = run_script("flow_time.py", "--out-dir", tmp_path, "--steps", "0", check=False, process=True)
     assert "--steps" in one_line_error(r) and not os.listdir(tmp_path)
 
 

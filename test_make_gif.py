@@ -224,7 +224,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, name):
 
 def test_bad_input_in_a_real_process(tmp_path):
     run = write_run(tmp_path / "run", [1, 2])
-    r = run_script("make_gif.py", run, check=False)
+    r = run_script("make_gif.py", run, check=False, process=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "trajectory.pt" in r.stderr
 

@@ -27,7 +27,7 @@ def finished(tiny_mnist, tmp_path_factory):
     """A finished 2-epoch run of ddpm_class.py with non-default training flags, copied per test."""
     out = tmp_path_factory.mktemp("finished")
     run_script("ddpm_class.py", "--data-dir", tiny_mnist, "--out-dir", out, "--epochs", "2", "--lr", "2e-3",
-               "--batch-size", "64", "--p-uncond", "0.2", *TINY)
+               "--batch-size", "64", "--p-uncond", "0.2", "--steps", "3", *TINY)  # DDIM 3: its grids, quickly
     return out
 
 
@@ -59,6 +59,7 @@ def test_changed_training_flag_on_resume_is_an_error(finished, tmp_path, flag, v
     assert os.path.getmtime(os.path.join(run, "ckpt.pt")) == before, "the checkpoint must not be touched"
 
 
+@pytest.mark.slow
 def test_resume_without_flags_continues_the_stored_run(finished, tiny_mnist, tmp_path):
     """Flags not given take the checkpoint's values: --resume --epochs 3 trains epoch 3 with lr 2e-3,
     batch 64 and p-uncond 0.2, exactly as a 3-epoch run would."""
@@ -127,7 +128,7 @@ def test_bad_numbers_are_parser_errors(module, args, tmp_path, capsys):
 
 
 def test_a_bad_number_in_a_real_process(tmp_path):
-    r = run_script("ddpm_class.py", "--out-dir", tmp_path, "--lr", "nan", check=False)
+    r = run_script("ddpm_class.py", "--out-dir", tmp_path, "--lr", "nan", check=False, process=True)
     assert "--lr" in one_line_error(r)
 
 
@@ -202,6 +203,7 @@ def test_sigkill_during_a_write_keeps_the_previous_file(tmp_path):
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tiny_mnist, tmp_path):
     args = ["--data-dir", tiny_mnist, "--out-dir", tmp_path, "--epochs", "500", *TINY]
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "ddpm_time.py"), *map(str, args)],

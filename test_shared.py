@@ -176,3 +176,13 @@ def test_the_training_step_is_in_view(f):
 @pytest.mark.parametrize("f", SCRIPTS)
 def test_no_argparse_internals(f):
     assert "_actions" not in source(f) and "typed_flags" not in source(f), f"{f}: use parse_flags"
+
+
+def test_every_test_file_is_in_pytest_ini():
+    """pytest.ini's testpaths lists the test files (the longest first, for two workers): a file left out would
+    silently not run."""
+    import configparser
+    ini = configparser.ConfigParser()
+    ini.read(os.path.join(HERE, "pytest.ini"))
+    listed = ini["pytest"]["testpaths"].split()
+    assert sorted(listed) == sorted(f for f in os.listdir(HERE) if f.startswith("test_") and f.endswith(".py"))

@@ -21,7 +21,7 @@ def trained_run(request, tiny_mnist, tmp_path_factory):
     """One 2-epoch run of each DDPM script; several tests read its outputs."""
     script = request.param
     out = str(tmp_path_factory.mktemp(script[:-3]))
-    extra = ["--digits", "3", "7"] if script == "ddpm_class.py" else []
+    extra = ["--digits", "3", "7", "--steps", "10"] if script == "ddpm_class.py" else []  # DDIM 10: grids, sweep
     r = run_script(script, "--data-dir", tiny_mnist, "--out-dir", out, "--epochs", "2",
                    "--n-samples", "12", *TINY, *extra)
     return script, out, r.stdout
@@ -82,8 +82,9 @@ def test_ddpm_trajectory_and_snapshots(trained_run):
     n = 64  # an 8x8 grid: for ddpm_class --digits 3 7, four rows of each
     if script == "ddpm_class.py":
         assert tr["y"].tolist() == [3] * 32 + [7] * 32
-    assert tr["frames"].shape == (21, n, 1, 28, 28) and tr["frames"].dtype == torch.uint8
-    assert tr["t"].tolist() == list(range(20, -1, -1))  # t = T .. 0, one frame per step
+    ts = list(range(20, -1, -1)) if script == "ddpm_time.py" else list(range(20, -1, -2))  # DDPM all T; DDIM 10
+    assert tr["frames"].shape == (len(ts), n, 1, 28, 28) and tr["frames"].dtype == torch.uint8
+    assert tr["t"].tolist() == ts  # t = T .. 0, one frame per step
     final = torch.load(os.path.join(out, "samples.pt"), weights_only=True)
     assert tr["frames"][0].float().std() > 20, "the first frame should be noise"
     snaps = torch.load(os.path.join(out, "snapshots.pt"), weights_only=True)

@@ -5,8 +5,9 @@
     python tools/bench_speed.py --levers        # + img/s of each lever on its own, side by side with the baseline
     python tools/bench_speed.py --sampling      # + seconds for 1,000 guided DDIM-50 digits, new UNet and old, in turns
 
-The training rate is that of ddpm_class.py's training step, as its main() runs it (loss, AdamW, EMA, its
-EpochLog's progress bar and checks), on random digits, batch 128, counted in FLOPs by PyTorch here; the matmul rate is a 2048 x 2048 fp32 matmul.
+The training rate is that of ddpm_class.py's training step, as its main() runs it (loss, AdamW,
+EMA, its EpochLog's progress bar and checks; train_epoch below is a copy of that loop), on random
+digits, batch 128, counted in FLOPs by PyTorch here; the matmul rate is a 2048 x 2048 fp32 matmul.
 Both run in turns in the same process (matmul, train, matmul, train, ...), so a machine that drifts
 during the run moves both; the medians are printed. Run it alone: two torch processes share 2 cores badly.
 """
