@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 SCRIPT = "ddpm_time"
 SNAPSHOT_EPOCHS = (1, 5, 10, 15, 20)  # sample grids saved after these epochs (if within the run) and the last
-DDIM_STEPS = 50                        # --steps of --sampler ddim, and of the snapshots
+DDIM_STEPS = 50                        # --steps of --sampler ddim; the snapshots take --steps too (or 50)
 GRID = 64                              # samples.png and the snapshots: 8 rows of 8 digits
 TRAIN_KEYS = ("limit", "channels", "T", "schedule", "batch_size", "lr", "ema_decay", "seed")
 
@@ -294,8 +294,7 @@ def main(argv=None):
     print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, channels {args.channels}")
     run = restore_run(ckpt, model, ema, opt, device, args.out_dir)  # epochs done, losses; weights if continuing
 
-    # the grid: the same starting noise x_T after every epoch, from its own generator so sampling never
-    # touches the training RNG; sampling always uses the EMA weights
+    # the grid: the same x_T after every epoch, from its own generator (sampling never touches the training RNG)
     x_T = torch.randn(GRID, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
     eps_fn = lambda x, t: ema(x, torch.full((len(x),), t, device=device))  # noqa: E731  eps_theta(x_t, t)
 
@@ -316,9 +315,10 @@ def main(argv=None):
                     step += 1
                     log.step(loss, len(idx))
             train_s += log.seconds
-            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # DDIM 50 on the EMA weights
-                x0 = sample(eps_fn, x_T, sched, "ddim", DDIM_STEPS, None)[0]
-                save_snapshot(run, epoch, x0, None, args.out_dir, None, f"{SCRIPT}: epoch {epoch} (EMA, DDIM 50)")
+            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # DDIM (--steps, or 50) on the EMA weights
+                x0 = sample(eps_fn, x_T, sched, "ddim", args.steps or DDIM_STEPS, None)[0]
+                save_snapshot(run, epoch, x0, None, args.out_dir, None,
+                              f"{SCRIPT}: epoch {epoch} (EMA, DDIM {args.steps or DDIM_STEPS})")
             save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
         n = args.epochs - first + 1
         print(f"train: {train_s / n:.1f} s/epoch, {n * len(x_all) / train_s:.0f} img/s")

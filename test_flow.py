@@ -271,6 +271,7 @@ def trained_run(request, tiny_mnist, tmp_path_factory):
     return script, str(folder / "run"), r.stdout
 
 
+@pytest.mark.slow  # a copied-alone run of each flow script (the quick command leaves it out)
 def test_outputs(trained_run):
     script, out, stdout = trained_run
     for name in ["samples.png", "samples_epoch001.png", "samples_epoch002.png", "loss.png", "strip.png"] + \
@@ -301,6 +302,7 @@ def test_outputs(trained_run):
 MODULES = {"flow_time.py": flow_time, "flow_class.py": flow_class}
 
 
+@pytest.mark.slow  # a copied-alone run of each flow script (the quick command leaves it out)
 def test_sample_only_with_heun_counts_two_evaluations_per_step(trained_run, tmp_path, capsys):
     """--sample-only (run in this process, through main) with Heun: 2 network evaluations per step, 1 in the last."""
     script, out, _ = trained_run
@@ -314,6 +316,7 @@ def test_sample_only_with_heun_counts_two_evaluations_per_step(trained_run, tmp_
     assert s["y"] is None if script == "flow_time.py" else s["y"].tolist() == [9] * 5
 
 
+@pytest.mark.slow  # a copied-alone run of each flow script (the quick command leaves it out)
 def test_make_gif_reads_flow_outputs(trained_run, tmp_path):
     """make_gif.py turns the trajectory (t ascending from 0.0 to 1.0) and the snapshots into GIFs."""
     script, out, _ = trained_run
@@ -325,6 +328,7 @@ def test_make_gif_reads_flow_outputs(trained_run, tmp_path):
         assert im.is_animated and im.n_frames >= 2
 
 
+@pytest.mark.slow  # a copied-alone run of each flow script (the quick command leaves it out)
 def test_evaluate_scores_flow_samples(trained_run, tiny_mnist, tmp_path):
     script, out, _ = trained_run
     r = run_script("evaluate.py", os.path.join(out, "samples.pt"), "--data-dir", tiny_mnist, "--json",
@@ -391,6 +395,7 @@ def test_checkpoint_of_another_script_is_refused_and_kept(flags, tmp_path, capsy
     assert ckpt.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
 
 
+@pytest.mark.slow  # a copied-alone run of each flow script (the quick command leaves it out)
 def test_a_finished_run_is_not_overwritten(trained_run, tmp_path, capsys):
     """Without --resume a finished run is refused; the other flow script cannot resume it either."""
     script, out, _ = trained_run
