@@ -43,9 +43,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def smoke(one_thread, tiny_mnist, tmp_path_factory):
-    """One run of both schedules on the tiny IDX files; several tests read its outputs."""
-    out = tmp_path_factory.mktemp("compare")
-    r = run_script("compare_schedules.py", "--data-dir", tiny_mnist, "--out-dir", out, *RUN)
+    """One run of both schedules on the tiny IDX files, the script copied alone into an empty folder; several
+    tests read its outputs."""
+    out, alone = tmp_path_factory.mktemp("compare"), tmp_path_factory.mktemp("compare_alone")
+    r = run_script("compare_schedules.py", "--data-dir", tiny_mnist, "--out-dir", out, *RUN, alone=alone)
+    assert os.listdir(alone) == ["compare_schedules.py"]
     return out, r.stdout
 
 

@@ -27,9 +27,11 @@ PURE_PNGS = ["loss.png", "pure_noise_epoch001.png", "pure_noise_epoch005.png", "
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_mnist, tmp_path_factory):
-    """One 3-epoch run on the tiny data; several tests read its outputs."""
-    out = str(tmp_path_factory.mktemp("denoise"))
-    r = run_script(SCRIPT, "--data-dir", tiny_mnist, "--out-dir", out, *TINY_RUN)
+    """One 3-epoch run on the tiny data, the script copied alone into an empty folder; several tests read its
+    outputs."""
+    out, alone = str(tmp_path_factory.mktemp("denoise")), tmp_path_factory.mktemp("denoise_alone")
+    r = run_script(SCRIPT, "--data-dir", tiny_mnist, "--out-dir", out, *TINY_RUN, alone=alone)
+    assert os.listdir(alone) == [SCRIPT]
     return out, r.stdout, tiny_mnist
 
 

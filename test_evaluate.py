@@ -98,15 +98,18 @@ def test_random_shift_keeps_the_digit_within_2_px():
 # --- the script, end to end on the tiny fake MNIST ---------------------------------------------
 @pytest.fixture(scope="module")
 def scored(tiny_mnist, tmp_path_factory):
-    """One --json run over held-out fake digits, noise and blurred digits; trains the classifier."""
-    tmp = tmp_path_factory.mktemp("evaluate")
+    """One --json run over held-out fake digits, noise and blurred digits, evaluate.py copied alone into an empty
+    folder; trains the classifier."""
+    tmp, alone = tmp_path_factory.mktemp("evaluate"), tmp_path_factory.mktemp("evaluate_alone")
     images, labels = fake_digits(300, seed=7)           # conftest's train/test use seeds 0 and 1
     x = images.unsqueeze(1).float() / 255
     files = {"held": save_samples(tmp / "held.pt", x, labels),
              "noise": save_samples(tmp / "noise.pt", torch.rand(300, 1, 28, 28)),
              "blur": save_samples(tmp / "blur.pt", blur(x), labels)}
     clf = str(tmp / "clf.pt")
-    r = run_script("evaluate.py", *files.values(), "--data-dir", tiny_mnist, "--classifier", clf, "--json", *CLF_FLAGS)
+    r = run_script("evaluate.py", *files.values(), "--data-dir", tiny_mnist, "--classifier", clf, "--json", *CLF_FLAGS,
+                   alone=alone)
+    assert os.listdir(alone) == ["evaluate.py"]
     return {"files": files, "clf": clf, "json": json.loads(r.stdout), "stderr": r.stderr, "data": tiny_mnist}
 
 

@@ -18,12 +18,13 @@ DDPM_SCRIPTS = ["ddpm_time.py", "ddpm_class.py"]
 
 @pytest.fixture(scope="module", params=DDPM_SCRIPTS)
 def trained_run(request, tiny_mnist, tmp_path_factory):
-    """One 2-epoch run of each DDPM script; several tests read its outputs."""
+    """One 2-epoch run of each DDPM script, copied alone into an empty folder; several tests read its outputs."""
     script = request.param
-    out = str(tmp_path_factory.mktemp(script[:-3]))
+    out, alone = str(tmp_path_factory.mktemp(script[:-3])), tmp_path_factory.mktemp(script[:-3] + "_alone")
     extra = ["--digits", "3", "7", "--steps", "10"] if script == "ddpm_class.py" else []  # DDIM 10: grids, sweep
     r = run_script(script, "--data-dir", tiny_mnist, "--out-dir", out, "--epochs", "2",
-                   "--n-samples", "12", *TINY, *extra)
+                   "--n-samples", "12", *TINY, *extra, alone=alone)
+    assert os.listdir(alone) == [script]
     return script, out, r.stdout
 
 
