@@ -6,8 +6,6 @@ of the script copied alone, with its one-line errors.
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -191,8 +189,7 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def run_copy(folder, *args):
-    return subprocess.run([sys.executable, "edit.py", *map(str, args)], cwd=folder, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return run_script("edit.py", *args, check=False, alone=folder)
 
 
 def test_copied_alone_it_makes_every_figure_and_translate_pt(tiny_ckpt, tiny_mnist, tmp_path):

@@ -7,8 +7,6 @@ make_gif.py and evaluate.py on what they write, each script copied alone, one-li
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -249,12 +247,8 @@ def test_guidance_starts_exactly_at_guide_from(guide_from, steps):
 
 # --- runs ----------------------------------------------------------------------------------------
 def run_copy(folder, script, *args, check=True):
-    """Run a script copied alone into `folder` (nothing else of the repository next to it)."""
-    r = subprocess.run([sys.executable, script, *map(str, args)], cwd=folder, capture_output=True, text=True,
-                       timeout=600)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{script} {args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
+    """Run a script copied alone into `folder` (nothing else of the repository next to it), in a new process."""
+    return run_script(script, *args, check=check, alone=folder)
 
 
 @pytest.fixture(scope="module", params=SCRIPTS)
