@@ -61,7 +61,6 @@ DDIM_STEPS = 50                   # --steps of --sampler ddim
 TRAIN_KEYS = ("limit", "channels", "T", "batch_size", "lr", "ema_decay", "seed")  # flags that change training
 RESULT_KEYS = (*TRAIN_KEYS, "sampler", "steps", "n_samples")  # ... and the samples (with the epochs trained)
 
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Linear vs cosine beta schedules: the same DDPM trained under each")
@@ -99,7 +98,6 @@ def get_args(argv=None):
         args.steps = args.steps or DDIM_STEPS
     return args, given
 
-
 # --- shared: schedule ---
 def make_schedule(T, kind, device):
     """beta, alpha, alpha_bar as tensors of length T + 1, indexed by t = 0..T (index 0 is x_0:
@@ -118,13 +116,11 @@ def make_schedule(T, kind, device):
     alpha_bar = torch.cumprod(alpha, 0)
     return {k: v.float().to(device) for k, v in dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar).items()}
 
-
 # --- shared: forward process ---
 def q_sample(x0, t, eps, sched):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, for a batch of t (B,)."""
     ab = sched["alpha_bar"][t].view(-1, 1, 1, 1)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-
 
 # --- shared: model blocks ---
 def time_embedding(t, dim):
@@ -133,7 +129,6 @@ def time_embedding(t, dim):
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([args.sin(), args.cos()], dim=1)
-
 
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, plus the (time) embedding, twice; residual connection."""
@@ -151,7 +146,6 @@ class ResBlock(nn.Module):
         h = self.conv2(F.silu(self.norm2(h)))
         return h + self.skip(x)                       # (B, c_out, H, W)
 
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
 
@@ -166,7 +160,6 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.transpose(-1, -2).unbind(1)     # each (B, heads, HW, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)   # softmax(q k^T / sqrt(d)) v
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
-
 
 # --- shared: UNet ---
 class UNet(nn.Module):
@@ -203,19 +196,16 @@ class UNet(nn.Module):
         h = self.up1(self.unpool1(h) + h1, emb)                   # (B, c1, 28, 28)
         return self.out(h)                                        # (B, 1, 28, 28)
 
-
 # --- shared: sampler ---
 def predict_x0(x_t, t, eps, sched):
     """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t): q_sample solved for x_0."""
     ab = sched["alpha_bar"][t]
     return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
-
 def eps_from_x0(x_t, t, x0, sched):
     """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t): q_sample solved for eps."""
     ab = sched["alpha_bar"][t]
     return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
-
 
 def ddpm_step(x_t, t, eps, sched, gen):
     """Algorithm 2 of Ho et al.: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z,
@@ -226,20 +216,17 @@ def ddpm_step(x_t, t, eps, sched, gen):
         return mean
     return mean + beta.sqrt() * torch.randn(x_t.shape, generator=gen).to(x_t.device)  # noise drawn on the CPU
 
-
 def ddim_step(x0, eps, t_prev, sched):
     """DDIM with eta = 0: x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t.
     Jumps any number of steps along the same x_0 and noise direction; at s = 0 it returns x_0."""
     ab_prev = sched["alpha_bar"][t_prev]
     return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
 
-
 def timesteps(sampler, T, steps):
     """The t the sampler visits, from T down to 0: every one for DDPM, `steps` evenly spaced for DDIM."""
     if sampler == "ddpm":
         return list(range(T, -1, -1))                              # T, T-1, ..., 1, 0
     return torch.linspace(T, 0, min(steps, T) + 1).round().long().tolist()  # e.g. 300, 294, ..., 6, 0
-
 
 @torch.no_grad()
 def sample(eps_fn, x_T, sched, sampler, steps, gen):
@@ -256,7 +243,6 @@ def sample(eps_fn, x_T, sched, sampler, steps, gen):
         frames.append(to_uint8(x).cpu())
     return x, torch.tensor(ts), torch.stack(frames)
 
-
 # --- shared: DDPM loss ---
 def ddpm_loss(model, x0, sched):
     """|| eps - eps_theta(x_t, t) ||^2 for digits x_0 (B, 1, 28, 28) in [0, 1], t ~ U{1..T}."""
@@ -264,7 +250,6 @@ def ddpm_loss(model, x0, sched):
     t = torch.randint(1, T + 1, (len(x0),), device=x0.device)     # t ~ U{1..T}
     eps = torch.randn_like(x0)
     return F.mse_loss(model(q_sample(x0, t, eps, sched), t), eps)
-
 
 # --- shared: EMA ---
 @torch.no_grad()
@@ -276,7 +261,6 @@ def ema_update(ema, model, decay, step):
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
 
-
 # --- the start of sampling: q(x_T | x_0) against N(0, I) ---------------------------------------
 def prior_kl(x0, alpha_bar_T):
     """L_T = KL(q(x_T | x_0) || N(0, I)) = 1/2 [ab ||x_0||^2 - D (ab + log(1 - ab))] in nats, D = 784 pixels,
@@ -284,7 +268,6 @@ def prior_kl(x0, alpha_bar_T):
     ab = alpha_bar_T.double()
     sq = x0.double().flatten(1).square().sum(1)                      # ||x_0||^2 per digit, (N,)
     return (0.5 * (ab * sq - x0[0].numel() * (ab + torch.log1p(-ab)))).mean().item()
-
 
 def start_gap(x0, scheds, seed):
     """How far training's x_T ~ q(x_T | x_0) is from sampling's x_T ~ N(0, I), for digits x0 (N, 1, 28, 28)
@@ -301,7 +284,6 @@ def start_gap(x0, scheds, seed):
         x_T = q_sample(x0, torch.full((len(x0),), T), eps, s)         # (N, 1, 28, 28): training's x_T
         gap[name] = {"proj": x_T.flatten(1) @ u, "prior_kl": prior_kl(x0, s["alpha_bar"][T])}
     return gap, noise_proj
-
 
 # --- one schedule: train it, then sample it ----------------------------------------------------
 def train_schedule(sched, ckpt, x_all, cfg, device, out, train_s):
@@ -331,7 +313,6 @@ def train_schedule(sched, ckpt, x_all, cfg, device, out, train_s):
         print(f"{cfg.schedule}: train: {new_s / n:.1f} s/epoch, {n * len(x_all) / new_s:.0f} img/s")
     return ema, run, train_s + new_s
 
-
 def sample_digits(ema, sched, x_T, sampler, steps, seed, device):
     """The EMA model's x_0 for each x_T (N, 1, 28, 28), SAMPLE_BATCH at a time; the sampler noise z comes from
     a CPU generator seeded with `seed`, so every schedule gets the same z. Returns (N, 1, 28, 28) on the CPU."""
@@ -342,7 +323,6 @@ def sample_digits(ema, sched, x_T, sampler, steps, seed, device):
         x0 = sample(eps_fn, x_T[i:i + SAMPLE_BATCH].to(device), sched, sampler, steps, gen)[0]  # [0]: x_0, not frames
         xs.append(x0.cpu())
     return torch.cat(xs)
-
 
 def run_schedule(name, sched, ckpt, x_all, x_T, args, device):
     """Train (or continue) one schedule, then sample x_T with its EMA weights, unless NAME/result.pt holds
@@ -372,7 +352,6 @@ def run_schedule(name, sched, ckpt, x_all, x_T, args, device):
                 os.path.join(out, "result.pt"))
     print(f"{name}: {len(x0)} digits sampled ({args.sampler}) in {sample_s:.1f} s")
     return {"loss_history": run["loss_history"], "row": row, "grid": grid}
-
 
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
@@ -415,7 +394,6 @@ def main(argv=None):
     print_comparison(rows, noise_mean, data_ink)
     print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
 
-
 # --- this script's bookkeeping: a folder per schedule, resume, results.json --------------------
 def open_runs(args, given):
     """A subfolder of --out-dir per schedule; a finished comparison there needs --resume. With --resume, open_run
@@ -445,7 +423,6 @@ def open_runs(args, given):
         args.epochs = max(epochs)
     return ckpts
 
-
 def load_result(path):
     """NAME/result.pt: the seconds trained and, once sampled, the grid, table row and the flags that made
     them; {} if there is none or it cannot be read (the schedule is then sampled again)."""
@@ -453,7 +430,6 @@ def load_result(path):
         return torch.load(path, weights_only=True)
     except Exception:  # missing or unreadable: nothing to reuse
         return {}
-
 
 # --- plots and the table: the comparison -------------------------------------------------------
 def plot_schedules(scheds, gap, noise_proj, path):
@@ -481,7 +457,6 @@ def plot_schedules(scheds, gap, noise_proj, path):
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
-
 def plot_forward(x0, scheds, T, seed, path):
     """One digit x0 (1, 1, 28, 28) at the same FORWARD_COLS t in 0..T under each schedule, with the same eps."""
     ts = torch.linspace(0, T, FORWARD_COLS).round().long()          # the same t for every schedule
@@ -490,7 +465,6 @@ def plot_forward(x0, scheds, T, seed, path):
                           for t in ts])                              # (len(ts), schedules, 1, 28, 28)
     # no title: plot_strip's title would cover the t labels of a 2-row figure; the row labels say it
     plot_strip(to_uint8(frames), ts, path, "", [f"{n}\nq(x_t | x_0)" for n in scheds], len(ts))
-
 
 def plot_losses(histories, path):
     """Every schedule's per-step loss (light) and moving average (dark) on one log-scale plot."""
@@ -507,7 +481,6 @@ def plot_losses(histories, path):
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
-
 def plot_side_by_side(grids, path, title):
     """grids {name: (n, 1, 28, 28) uint8}: one 8-wide grid per schedule, next to each other."""
     fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids), 4), squeeze=False,
@@ -520,7 +493,6 @@ def plot_side_by_side(grids, path, title):
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
-
 
 def print_comparison(rows, noise_proj_mean, data_ink):
     """The table: a row per schedule, then pure noise and the data for reference."""
@@ -553,7 +525,6 @@ def number(kind, lo, hi=math.inf, lo_included=True):
             raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
         return value
     return parse
-
 
 # --- shared: given flags ---
 def parse_flags(ap, argv):
@@ -595,11 +566,10 @@ def find_idx_files(data_dir, train):
             paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
             if all(os.path.isfile(p) for p in paths):
                 return paths
-    return None
 
 def read_idx(path, ndim):
-    """One IDX file (MNIST's format: bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values)
-    as a uint8 tensor. Read here, not by torchvision, which is slow to import: it is imported to download only."""
+    """One IDX file (bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values) as a uint8 tensor:
+    read here, not by torchvision, which is slow to import (it is imported to download only)."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -644,8 +614,7 @@ def to_uint8(x):
 
 # --- shared: atomic save ---
 def save_atomic(obj, path):
-    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk leaves the
-    previous file whole, never half a new one."""
+    """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -675,8 +644,7 @@ def save_json_atomic(obj, path):
 
 # --- shared: out dir ---
 def prepare_out_dir(out_dir, continuing):
-    """Create --out-dir, check that it takes files, return the checkpoint path. A finished run there is never
-    overwritten by accident: it needs --resume or --sample-only."""
+    """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         open(os.path.join(out_dir, ".write_test"), "wb").close()
@@ -714,6 +682,8 @@ def open_run(args, given, script, train_keys):
                 f"drop the flag to continue that run, or use another --out-dir")
         setattr(args, k, config.get(k, getattr(args, k)))
     args.epochs = args.epochs if "epochs" in given else max(config["epochs"], ckpt["epoch"])
+    if args.resume and config.get("lr_decay", 1) != 1 and args.epochs != config["epochs"]:  # its lr curve would change
+        die(f"{path} decays its lr over --epochs {config['epochs']}: resume it with those, or use another --out-dir")
     print(f"loaded {path}: {ckpt['epoch']} epochs done")
     if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
         print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
@@ -748,17 +718,13 @@ def save_run(run, model, ema, opt, args, device, path, script):
 # --- shared: RNG state ---
 def rng_state(device):
     """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type in ("cuda", "mps"):
-        state[device.type] = torch.cuda.get_rng_state_all() if device.type == "cuda" else torch.mps.get_rng_state()
-    return state
+    gpu = {"cuda": torch.cuda.get_rng_state_all, "mps": torch.mps.get_rng_state}.get(device.type)
+    return {"cpu": torch.get_rng_state(), **({device.type: gpu()} if gpu else {})}
 
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if device.type == "mps" and state.get("mps") is not None:
-        torch.mps.set_rng_state(state["mps"])
+    if device.type in ("cuda", "mps") and state.get(device.type) is not None:
+        {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type](state[device.type])
 
 # --- shared: epoch log ---
 class EpochLog:
@@ -806,11 +772,10 @@ def image_grid(x01, nrow, pad=2):
     torchvision's make_grid(x01, nrow, padding=2, pad_value=1)[0], without importing torchvision (slow)."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
-    grid = torch.ones(math.ceil(n / cols) * (h + pad) + pad, cols * (w + pad) + pad)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[pad + r * (h + pad):(r + 1) * (h + pad), pad + c * (w + pad):(c + 1) * (w + pad)] = x01[i, 0]
-    return grid
+    rows = math.ceil(n / cols)
+    cells = F.pad(torch.cat([x01[:, 0], torch.ones(rows * cols - n, h, w)]), (pad, 0, pad, 0), value=1)  # blank cells
+    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
+    return F.pad(grid, (0, pad, 0, pad), value=1)  # pad above and left of each cell, then below and right of all
 
 # --- shared: plot grid ---
 def save_grid(x01, path, nrow, title, row_labels=None, col_labels=None):
@@ -834,8 +799,7 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
-    another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()

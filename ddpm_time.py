@@ -53,8 +53,8 @@ SCRIPT = "ddpm_time"
 SNAPSHOT_EPOCHS = (1, 5, 10, 15, 20)  # sample grids saved after these epochs (if within the run) and the last
 DDIM_STEPS = 50                        # --steps of --sampler ddim; the snapshots take --steps too (or 50)
 GRID = 64                              # samples.png and the snapshots: 8 rows of 8 digits
-TRAIN_KEYS = ("limit", "channels", "T", "schedule", "batch_size", "lr", "ema_decay", "seed")
-
+TRAIN_KEYS = ("limit", "channels", "T", "schedule", "batch_size", "lr", "lr_decay", "weight_decay", "ema_decay",
+              "seed")
 
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
@@ -71,6 +71,10 @@ def get_args(argv=None):
     g.add_argument("--epochs", type=number(int, 0), default=20, help="passes over the 60,000 training digits")
     g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per optimizer step")
     g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3, help="AdamW learning rate")
+    g.add_argument("--lr-decay", type=number(float, 0, lo_included=False), default=1.0,
+                   help="over the run the lr falls to lr times this, a step per epoch "
+                        "(the course: 0.1 with --weight-decay 0)")
+    g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam, as the course)")
     g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")
     g = ap.add_argument_group("sampling")
     g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
@@ -97,7 +101,6 @@ def get_args(argv=None):
         args.steps = args.steps or DDIM_STEPS
     return args, given
 
-
 # --- shared: schedule ---
 def make_schedule(T, kind, device):
     """beta, alpha, alpha_bar as tensors of length T + 1, indexed by t = 0..T (index 0 is x_0:
@@ -116,13 +119,11 @@ def make_schedule(T, kind, device):
     alpha_bar = torch.cumprod(alpha, 0)
     return {k: v.float().to(device) for k, v in dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar).items()}
 
-
 # --- shared: forward process ---
 def q_sample(x0, t, eps, sched):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, for a batch of t (B,)."""
     ab = sched["alpha_bar"][t].view(-1, 1, 1, 1)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-
 
 # --- shared: model blocks ---
 def time_embedding(t, dim):
@@ -131,7 +132,6 @@ def time_embedding(t, dim):
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([args.sin(), args.cos()], dim=1)
-
 
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, plus the (time) embedding, twice; residual connection."""
@@ -149,7 +149,6 @@ class ResBlock(nn.Module):
         h = self.conv2(F.silu(self.norm2(h)))
         return h + self.skip(x)                       # (B, c_out, H, W)
 
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
 
@@ -164,7 +163,6 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.transpose(-1, -2).unbind(1)     # each (B, heads, HW, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)   # softmax(q k^T / sqrt(d)) v
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
-
 
 # --- shared: UNet ---
 class UNet(nn.Module):
@@ -201,19 +199,16 @@ class UNet(nn.Module):
         h = self.up1(self.unpool1(h) + h1, emb)                   # (B, c1, 28, 28)
         return self.out(h)                                        # (B, 1, 28, 28)
 
-
 # --- shared: sampler ---
 def predict_x0(x_t, t, eps, sched):
     """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t): q_sample solved for x_0."""
     ab = sched["alpha_bar"][t]
     return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
-
 def eps_from_x0(x_t, t, x0, sched):
     """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t): q_sample solved for eps."""
     ab = sched["alpha_bar"][t]
     return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
-
 
 def ddpm_step(x_t, t, eps, sched, gen):
     """Algorithm 2 of Ho et al.: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z,
@@ -224,20 +219,17 @@ def ddpm_step(x_t, t, eps, sched, gen):
         return mean
     return mean + beta.sqrt() * torch.randn(x_t.shape, generator=gen).to(x_t.device)  # noise drawn on the CPU
 
-
 def ddim_step(x0, eps, t_prev, sched):
     """DDIM with eta = 0: x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t.
     Jumps any number of steps along the same x_0 and noise direction; at s = 0 it returns x_0."""
     ab_prev = sched["alpha_bar"][t_prev]
     return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
 
-
 def timesteps(sampler, T, steps):
     """The t the sampler visits, from T down to 0: every one for DDPM, `steps` evenly spaced for DDIM."""
     if sampler == "ddpm":
         return list(range(T, -1, -1))                              # T, T-1, ..., 1, 0
     return torch.linspace(T, 0, min(steps, T) + 1).round().long().tolist()  # e.g. 300, 294, ..., 6, 0
-
 
 @torch.no_grad()
 def sample(eps_fn, x_T, sched, sampler, steps, gen):
@@ -254,7 +246,6 @@ def sample(eps_fn, x_T, sched, sampler, steps, gen):
         frames.append(to_uint8(x).cpu())
     return x, torch.tensor(ts), torch.stack(frames)
 
-
 # --- shared: DDPM loss ---
 def ddpm_loss(model, x0, sched):
     """|| eps - eps_theta(x_t, t) ||^2 for digits x_0 (B, 1, 28, 28) in [0, 1], t ~ U{1..T}."""
@@ -262,7 +253,6 @@ def ddpm_loss(model, x0, sched):
     t = torch.randint(1, T + 1, (len(x0),), device=x0.device)     # t ~ U{1..T}
     eps = torch.randn_like(x0)
     return F.mse_loss(model(q_sample(x0, t, eps, sched), t), eps)
-
 
 # --- shared: EMA ---
 @torch.no_grad()
@@ -273,7 +263,6 @@ def ema_update(ema, model, decay, step):
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
-
 
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
@@ -290,7 +279,7 @@ def main(argv=None):
           f"sqrt(alpha_bar_T) = {sched['alpha_bar'][-1].sqrt().item():.3f} (signal left at t = T)")
     model = UNet(args.channels).to(device, memory_format=torch.channels_last)  # faster on CPU
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, channels {args.channels}")
     run = restore_run(ckpt, model, ema, opt, device, args.out_dir)  # epochs done, losses; weights if continuing
 
@@ -305,6 +294,8 @@ def main(argv=None):
         print(f"training on {len(x_all)} digits")
         step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1  # step: optimizer steps so far
         for epoch in range(first, args.epochs + 1):
+            for group in opt.param_groups:  # lr gamma^(epoch - 1), gamma = lr_decay^(1 / epochs); 1: constant
+                group["lr"] = args.lr * args.lr_decay ** ((epoch - 1) / args.epochs)
             with EpochLog(run, epoch, args.epochs, len(x_all)) as log:  # progress bar, NaN stop, Ctrl-C
                 for idx in torch.randperm(len(x_all), device=device).split(args.batch_size):
                     loss = ddpm_loss(model, x_all[idx], sched)
@@ -366,7 +357,6 @@ def number(kind, lo, hi=math.inf, lo_included=True):
         return value
     return parse
 
-
 # --- shared: given flags ---
 def parse_flags(ap, argv):
     """The flags, and the names of those given on the command line whatever their value: parsed again into a
@@ -407,11 +397,10 @@ def find_idx_files(data_dir, train):
             paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
             if all(os.path.isfile(p) for p in paths):
                 return paths
-    return None
 
 def read_idx(path, ndim):
-    """One IDX file (MNIST's format: bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values)
-    as a uint8 tensor. Read here, not by torchvision, which is slow to import: it is imported to download only."""
+    """One IDX file (bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values) as a uint8 tensor:
+    read here, not by torchvision, which is slow to import (it is imported to download only)."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -456,8 +445,7 @@ def to_uint8(x):
 
 # --- shared: atomic save ---
 def save_atomic(obj, path):
-    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk leaves the
-    previous file whole, never half a new one."""
+    """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -472,8 +460,7 @@ def save_atomic(obj, path):
 
 # --- shared: out dir ---
 def prepare_out_dir(out_dir, continuing):
-    """Create --out-dir, check that it takes files, return the checkpoint path. A finished run there is never
-    overwritten by accident: it needs --resume or --sample-only."""
+    """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         open(os.path.join(out_dir, ".write_test"), "wb").close()
@@ -511,6 +498,8 @@ def open_run(args, given, script, train_keys):
                 f"drop the flag to continue that run, or use another --out-dir")
         setattr(args, k, config.get(k, getattr(args, k)))
     args.epochs = args.epochs if "epochs" in given else max(config["epochs"], ckpt["epoch"])
+    if args.resume and config.get("lr_decay", 1) != 1 and args.epochs != config["epochs"]:  # its lr curve would change
+        die(f"{path} decays its lr over --epochs {config['epochs']}: resume it with those, or use another --out-dir")
     print(f"loaded {path}: {ckpt['epoch']} epochs done")
     if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
         print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
@@ -545,17 +534,13 @@ def save_run(run, model, ema, opt, args, device, path, script):
 # --- shared: RNG state ---
 def rng_state(device):
     """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type in ("cuda", "mps"):
-        state[device.type] = torch.cuda.get_rng_state_all() if device.type == "cuda" else torch.mps.get_rng_state()
-    return state
+    gpu = {"cuda": torch.cuda.get_rng_state_all, "mps": torch.mps.get_rng_state}.get(device.type)
+    return {"cpu": torch.get_rng_state(), **({device.type: gpu()} if gpu else {})}
 
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if device.type == "mps" and state.get("mps") is not None:
-        torch.mps.set_rng_state(state["mps"])
+    if device.type in ("cuda", "mps") and state.get(device.type) is not None:
+        {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type](state[device.type])
 
 # --- shared: epoch log ---
 class EpochLog:
@@ -610,11 +595,10 @@ def image_grid(x01, nrow, pad=2):
     torchvision's make_grid(x01, nrow, padding=2, pad_value=1)[0], without importing torchvision (slow)."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
-    grid = torch.ones(math.ceil(n / cols) * (h + pad) + pad, cols * (w + pad) + pad)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[pad + r * (h + pad):(r + 1) * (h + pad), pad + c * (w + pad):(c + 1) * (w + pad)] = x01[i, 0]
-    return grid
+    rows = math.ceil(n / cols)
+    cells = F.pad(torch.cat([x01[:, 0], torch.ones(rows * cols - n, h, w)]), (pad, 0, pad, 0), value=1)  # blank cells
+    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
+    return F.pad(grid, (0, pad, 0, pad), value=1)  # pad above and left of each cell, then below and right of all
 
 # --- shared: plot grid ---
 def save_grid(x01, path, nrow, title, row_labels=None, col_labels=None):
@@ -651,8 +635,7 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
-    another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()

@@ -58,7 +58,6 @@ PURE_FIGURE_EPOCHS = (1, 5)                     # --pure-noise: pure_noise_epoch
 N_PURE = 1000                                   # --pure-noise: fixed noise images whose outputs are measured
 TRAIN_KEYS = ("limit", "D", "sigma", "pure_noise", "batch_size", "lr", "seed")
 
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="One-step denoiser (UNet, L2) on MNIST at a fixed sigma, or of pure noise")
@@ -95,45 +94,35 @@ def get_args(argv=None):
     args.out_dir = args.out_dir or ("runs/denoise_pure_noise" if args.pure_noise else f"runs/{SCRIPT}")
     return args, given
 
-
 # --- noise ---------------------------------------------------------------------------------------
 def add_noise(x, sigma, eps):
     """z = x + sigma eps: the noisy digit (not clipped). sigma = 0 gives x itself."""
     return x + sigma * eps
 
-
 # --- model: the course's building blocks; each keeps the spatial size unless it says otherwise ---
 def Conv(c_in, c_out):       # 3x3 conv, BatchNorm, GELU
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.GELU())
 
-
 def DownConv(c_in, c_out):   # 3x3 conv with stride 2: H -> H / 2
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 2, 1), nn.BatchNorm2d(c_out), nn.GELU())
-
 
 def UpConv(c_in, c_out):     # 4x4 transposed conv with stride 2: H -> 2 H
     return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.GELU())
 
-
 def Flatten():               # 7x7 average pool: 7x7 -> 1x1
     return nn.Sequential(nn.AvgPool2d(7), nn.GELU())
-
 
 def Unflatten(c_in, c_out):  # 7x7 transposed conv with stride 7: 1x1 -> 7x7
     return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 7, 7, 0), nn.BatchNorm2d(c_out), nn.GELU())
 
-
 def ConvBlock(c_in, c_out):  # two Convs
     return nn.Sequential(Conv(c_in, c_out), Conv(c_out, c_out))
-
 
 def DownBlock(c_in, c_out):  # DownConv, then a ConvBlock: H -> H / 2
     return nn.Sequential(DownConv(c_in, c_out), ConvBlock(c_out, c_out))
 
-
 def UpBlock(c_in, c_out):    # UpConv, then a ConvBlock: H -> 2 H
     return nn.Sequential(UpConv(c_in, c_out), ConvBlock(c_out, c_out))
-
 
 class UnconditionalUNet(nn.Module):
     """D_theta(z): the unconditional UNet of CS180 5B part 1, skips by concatenation (not the DDPM
@@ -155,7 +144,6 @@ class UnconditionalUNet(nn.Module):
         h = self.up2(torch.cat([h, h2], 1))               # (B, 2D, 14, 14) -> (B, D, 28, 28)
         return self.out(torch.cat([h, h1], 1))            # (B, 2D, 28, 28) -> (B, 1, 28, 28): x estimate
 
-
 # --- training step -------------------------------------------------------------------------------
 def denoise_loss(model, x, sigma, pure_noise):
     """|| D_theta(z) - x ||^2, the mean over pixels and batch, for digits x (B, 1, 28, 28) in [0, 1]:
@@ -163,7 +151,6 @@ def denoise_loss(model, x, sigma, pure_noise):
     eps = torch.randn_like(x)
     z = eps if pure_noise else add_noise(x, sigma, eps)
     return F.mse_loss(model(z), x)
-
 
 # --- evaluation ----------------------------------------------------------------------------------
 @torch.no_grad()
@@ -175,12 +162,10 @@ def denoise(model, z, batch=500):
     model.train(was_training)
     return out
 
-
 def psnr(x_hat, x):
     """Per-image PSNR in dB, peak 1: 10 log10(1 / MSE), MSE over the pixels of each image. (N,)"""
     mse = (x_hat - x).square().flatten(1).mean(1)
     return 10 * torch.log10(1 / mse)  # inf where x_hat == x
-
 
 def psnr_sweep(model, x, eps, sigmas):
     """[(sigma, PSNR of z, PSNR of D_theta(z))], each the mean over the N digits of x, same eps."""
@@ -190,11 +175,9 @@ def psnr_sweep(model, x, eps, sigmas):
         rows.append((sigma, psnr(z, x).mean().item(), psnr(denoise(model, z), x).mean().item()))
     return rows
 
-
 def rms_distance(x, ref):
     """Per-image RMS distance over the pixels: sqrt(mean (x - ref)^2), x (N, 1, 28, 28), ref broadcast. (N,)"""
     return (x - ref).square().flatten(1).mean(1).sqrt()
-
 
 def psnr_probe(x_test, eps_test, labels, sigma):
     """The fixed inputs of the default figures and PSNR: the test digits (N, 1, 28, 28) with one eps each,
@@ -204,14 +187,12 @@ def psnr_probe(x_test, eps_test, labels, sigma):
     return {"x_test": x_test, "eps_test": eps_test, "x": x, "z": add_noise(x, sigma, eps),
             "noisy_rows": torch.stack([add_noise(x, s, eps) for s in SIGMAS])}  # (len(SIGMAS), 10, 1, 28, 28)
 
-
 def pure_noise_probe(x_train, gen):
     """The fixed inputs of --pure-noise: N_PURE noise images z ~ N(0, I), the mean training digit E[x]
     (1, 1, 28, 28) that the outputs should approach, and the training digits' own distance to it."""
     mean = x_train.mean(0, keepdim=True)
     return {"z": torch.randn(N_PURE, 1, 28, 28, generator=gen), "mean": mean,
             "rms_train": rms_distance(x_train, mean).mean().item()}
-
 
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
@@ -277,7 +258,6 @@ def main(argv=None):
     print(f"eval: figures and scores in {time.time() - t0:.1f} s")
     print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
 
-
 # --- reports: scores printed, plotted and saved -----------------------------------------------------
 def report_psnr(model, probe, args, epochs):
     """ood.png (the ten digits denoised at every sigma), then PSNR against sigma on the first --n-test
@@ -306,7 +286,6 @@ def report_psnr(model, probe, args, epochs):
                                for s, p, d in rows],
                       "config": vars(args)}, os.path.join(args.out_dir, "psnr.json"))
 
-
 def report_pure_noise(model, probe, args, epochs):
     """How close D(z) of the N_PURE fixed noise images comes to the mean training digit, next to how far
     the training digits themselves are from it: printed and pure_noise.json."""
@@ -317,7 +296,6 @@ def report_pure_noise(model, probe, args, epochs):
                       "definition": "per-image RMS over the 784 pixels, mean over images; outputs clipped to [0, 1]",
                       "rms_outputs_to_mean_digit": rms_out, "rms_train_digits_to_mean_digit": probe["rms_train"],
                       "config": vars(args)}, os.path.join(args.out_dir, "pure_noise.json"))
-
 
 # --- checkpoints: the shared open_run, restore_run and save_run, for a run with no EMA and --eval-only ---
 def open_denoiser_run(args, given):
@@ -350,7 +328,6 @@ def open_denoiser_run(args, given):
         print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
     return ckpt_path, ckpt
 
-
 def restore_denoiser(ckpt, model, opt, device, out_dir):
     """The run so far: epochs done and losses, with the weights (and BatchNorm statistics), optimizer and RNG
     put back (a fresh run if ckpt is None)."""
@@ -367,12 +344,10 @@ def restore_denoiser(ckpt, model, opt, device, out_dir):
     run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
     return run
 
-
 def save_denoiser(run, model, opt, args, device, path):
     """The checkpoint: weights, optimizer, RNG, loss history and the flags that made them."""
     save_atomic({"script": SCRIPT, "config": vars(args), "epoch": run["epoch"], "model": model.state_dict(),
                  "opt": opt.state_dict(), "loss_history": run["loss_history"], "rng": rng_state(device)}, path)
-
 
 # --- plots -------------------------------------------------------------------------------------
 def plot_epoch(model, probe, args, epoch, name):
@@ -391,7 +366,6 @@ def plot_epoch(model, probe, args, epoch, name):
                   os.path.join(args.out_dir, f"denoised_{name}.png"),
                   f"{SCRIPT}: test digits at sigma = {args.sigma}, after epoch {epoch}", ["clean", "noisy", "denoised"])
 
-
 def plot_rows(panels, path, title, row_labels, panel_titles=None):
     """Side-by-side panels, each (rows, ncol, 1, 28, 28) in [0, 1], drawn as a grid with labelled rows."""
     rows, ncol = panels[0].shape[:2]
@@ -409,7 +383,6 @@ def plot_rows(panels, path, title, row_labels, panel_titles=None):
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
-
 def plot_loss_by_epoch(losses, path, title, steps_per_epoch):
     """Per-step loss (light), its moving average (dark) and epoch boundaries (dotted), log scale."""
     k = max(1, len(losses) // 100)
@@ -425,7 +398,6 @@ def plot_loss_by_epoch(losses, path, title, steps_per_epoch):
     ax.legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
-
 
 def plot_psnr(rows, path, title, sigma_train, black):
     """PSNR of the denoised output and of the noisy input against sigma (infinite points left out),
@@ -506,11 +478,10 @@ def find_idx_files(data_dir, train):
             paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
             if all(os.path.isfile(p) for p in paths):
                 return paths
-    return None
 
 def read_idx(path, ndim):
-    """One IDX file (MNIST's format: bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values)
-    as a uint8 tensor. Read here, not by torchvision, which is slow to import: it is imported to download only."""
+    """One IDX file (bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values) as a uint8 tensor:
+    read here, not by torchvision, which is slow to import (it is imported to download only)."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -546,8 +517,7 @@ def to_model_range(images_uint8):
 
 # --- shared: atomic save ---
 def save_atomic(obj, path):
-    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk leaves the
-    previous file whole, never half a new one."""
+    """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -577,8 +547,7 @@ def save_json_atomic(obj, path):
 
 # --- shared: out dir ---
 def prepare_out_dir(out_dir, continuing):
-    """Create --out-dir, check that it takes files, return the checkpoint path. A finished run there is never
-    overwritten by accident: it needs --resume or --sample-only."""
+    """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         open(os.path.join(out_dir, ".write_test"), "wb").close()
@@ -593,17 +562,13 @@ def prepare_out_dir(out_dir, continuing):
 # --- shared: RNG state ---
 def rng_state(device):
     """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type in ("cuda", "mps"):
-        state[device.type] = torch.cuda.get_rng_state_all() if device.type == "cuda" else torch.mps.get_rng_state()
-    return state
+    gpu = {"cuda": torch.cuda.get_rng_state_all, "mps": torch.mps.get_rng_state}.get(device.type)
+    return {"cpu": torch.get_rng_state(), **({device.type: gpu()} if gpu else {})}
 
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if device.type == "mps" and state.get("mps") is not None:
-        torch.mps.set_rng_state(state["mps"])
+    if device.type in ("cuda", "mps") and state.get(device.type) is not None:
+        {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type](state[device.type])
 
 # --- shared: epoch log ---
 class EpochLog:
@@ -646,16 +611,14 @@ def image_grid(x01, nrow, pad=2):
     torchvision's make_grid(x01, nrow, padding=2, pad_value=1)[0], without importing torchvision (slow)."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
-    grid = torch.ones(math.ceil(n / cols) * (h + pad) + pad, cols * (w + pad) + pad)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[pad + r * (h + pad):(r + 1) * (h + pad), pad + c * (w + pad):(c + 1) * (w + pad)] = x01[i, 0]
-    return grid
+    rows = math.ceil(n / cols)
+    cells = F.pad(torch.cat([x01[:, 0], torch.ones(rows * cols - n, h, w)]), (pad, 0, pad, 0), value=1)  # blank cells
+    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
+    return F.pad(grid, (0, pad, 0, pad), value=1)  # pad above and left of each cell, then below and right of all
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
-    another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()

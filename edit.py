@@ -56,7 +56,6 @@ FORWARD_T = (0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # part a's noise leve
 DENOISE_T = (0.25, 0.5, 0.75)   # part b's: the course's t = 250, 500, 750 of 1000
 ANAGRAMS, HYBRIDS, SLERP_POINTS = 6, 3, 8  # f's anagrams, g's hybrids per pair, h's alphas from 0 to 1
 
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="CS180 Project 5A's edits on a class-conditioned MNIST DDPM")
@@ -91,7 +90,6 @@ def get_args(argv=None):
         ap.error("noise levels are fractions t / T in [0, 1]; --pairs and --hybrid take digits two by two")
     return args
 
-
 # --- shared: schedule ---
 def make_schedule(T, kind, device):
     """beta, alpha, alpha_bar as tensors of length T + 1, indexed by t = 0..T (index 0 is x_0:
@@ -124,7 +122,6 @@ def time_embedding(t, dim):
     args = t.float()[:, None] * freqs[None]
     return torch.cat([args.sin(), args.cos()], dim=1)
 
-
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, plus the (time) embedding, twice; residual connection."""
 
@@ -140,7 +137,6 @@ class ResBlock(nn.Module):
         h = h + self.emb(emb)[:, :, None, None]       # broadcast over H, W
         h = self.conv2(F.silu(self.norm2(h)))
         return h + self.skip(x)                       # (B, c_out, H, W)
-
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
@@ -198,12 +194,10 @@ def predict_x0(x_t, t, eps, sched):
     ab = sched["alpha_bar"][t]
     return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
-
 def eps_from_x0(x_t, t, x0, sched):
     """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t): q_sample solved for eps."""
     ab = sched["alpha_bar"][t]
     return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
-
 
 def ddpm_step(x_t, t, eps, sched, gen):
     """Algorithm 2 of Ho et al.: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z,
@@ -214,20 +208,17 @@ def ddpm_step(x_t, t, eps, sched, gen):
         return mean
     return mean + beta.sqrt() * torch.randn(x_t.shape, generator=gen).to(x_t.device)  # noise drawn on the CPU
 
-
 def ddim_step(x0, eps, t_prev, sched):
     """DDIM with eta = 0: x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t.
     Jumps any number of steps along the same x_0 and noise direction; at s = 0 it returns x_0."""
     ab_prev = sched["alpha_bar"][t_prev]
     return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
 
-
 def timesteps(sampler, T, steps):
     """The t the sampler visits, from T down to 0: every one for DDPM, `steps` evenly spaced for DDIM."""
     if sampler == "ddpm":
         return list(range(T, -1, -1))                              # T, T-1, ..., 1, 0
     return torch.linspace(T, 0, min(steps, T) + 1).round().long().tolist()  # e.g. 300, 294, ..., 6, 0
-
 
 @torch.no_grad()
 def sample(eps_fn, x_T, sched, sampler, steps, gen):
@@ -243,7 +234,6 @@ def sample(eps_fn, x_T, sched, sampler, steps, gen):
         x = ddpm_step(x, t, eps, sched, gen) if sampler == "ddpm" else ddim_step(x0, eps, t_prev, sched)
         frames.append(to_uint8(x).cpu())
     return x, torch.tensor(ts), torch.stack(frames)
-
 
 # --- the model: a ddpm_class.py checkpoint, and its guided eps ----------------------------------
 def load_ddpm_class(path, device):
@@ -309,7 +299,6 @@ def inpaint(eps_fn, x_orig, mask, sched, steps, gen):
         x = torch.where(mask, x, q_sample(x_orig, t_prev, eps, sched))
     return x
 
-
 # --- f-h: anagrams and hybrids, two noise estimates made one; DDIM inversion, slerp through x_T ---
 TRANSFORMS = {"half-turn": lambda x: x.rot90(2, (-2, -1)), "flip": lambda x: x.flip(-2)}  # R: both are their inverse
 
@@ -342,7 +331,6 @@ def slerp(a, b, alpha):
     """a, b (1, 1, 28, 28) at alpha (K, 1, 1, 1), along the sphere: |x_T| stays the size of Gaussian noise."""
     theta = ((a * b).sum() / (a.norm() * b.norm())).clamp(-1, 1).acos()     # the angle between a and b
     return (torch.sin((1 - alpha) * theta) * a + torch.sin(alpha * theta) * b) / torch.sin(theta)
-
 
 # --- c (1.7.1): your own drawing as an MNIST digit; a figure of captioned panels ----------------
 def load_drawing(path):
@@ -381,7 +369,6 @@ def plot_cells(rows, path, title):
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
-
 
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
@@ -565,11 +552,10 @@ def find_idx_files(data_dir, train):
             paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
             if all(os.path.isfile(p) for p in paths):
                 return paths
-    return None
 
 def read_idx(path, ndim):
-    """One IDX file (MNIST's format: bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values)
-    as a uint8 tensor. Read here, not by torchvision, which is slow to import: it is imported to download only."""
+    """One IDX file (bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values) as a uint8 tensor:
+    read here, not by torchvision, which is slow to import (it is imported to download only)."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -614,8 +600,7 @@ def to_uint8(x):
 
 # --- shared: atomic save ---
 def save_atomic(obj, path):
-    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk leaves the
-    previous file whole, never half a new one."""
+    """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -634,11 +619,10 @@ def image_grid(x01, nrow, pad=2):
     torchvision's make_grid(x01, nrow, padding=2, pad_value=1)[0], without importing torchvision (slow)."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
-    grid = torch.ones(math.ceil(n / cols) * (h + pad) + pad, cols * (w + pad) + pad)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[pad + r * (h + pad):(r + 1) * (h + pad), pad + c * (w + pad):(c + 1) * (w + pad)] = x01[i, 0]
-    return grid
+    rows = math.ceil(n / cols)
+    cells = F.pad(torch.cat([x01[:, 0], torch.ones(rows * cols - n, h, w)]), (pad, 0, pad, 0), value=1)  # blank cells
+    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
+    return F.pad(grid, (0, pad, 0, pad), value=1)  # pad above and left of each cell, then below and right of all
 
 # --- shared: plot grid ---
 def save_grid(x01, path, nrow, title, row_labels=None, col_labels=None):
@@ -654,8 +638,7 @@ def save_grid(x01, path, nrow, title, row_labels=None, col_labels=None):
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
-    another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()

@@ -76,7 +76,6 @@ CONF = 0.9                             # "confident": top softmax probability ab
 RANGE_TOL = 1e-3                       # pixels may stray this far outside [0, 1] (float rounding)
 MIN_ACC = 0.99                         # a classifier below this test accuracy gets a warning
 
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Score samples.pt files of generated MNIST digits")
@@ -101,12 +100,10 @@ def get_args(argv=None):
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
     return ap.parse_args(argv)
 
-
 # --- classifier ---------------------------------------------------------------------------------
 def conv_block(c_in, c_out):
     """conv3x3 -> BatchNorm -> ReLU -> 2x2 max-pool: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
-
 
 class Classifier(nn.Module):
     """Small CNN; its 128-d penultimate layer is the feature space of FID and KID."""
@@ -121,7 +118,6 @@ class Classifier(nn.Module):
         f = self.features(x)            # (B, 128)
         return self.head(f), f          # logits (B, 10), features (B, 128)
 
-
 def random_shift(x, max_shift=2):
     """Move each image by its own random (dy, dx) in [-2, 2]^2 px, filling with black: digits
     in samples are not always centred the way MNIST's are."""
@@ -131,7 +127,6 @@ def random_shift(x, max_shift=2):
     rows, cols = off[0] + torch.arange(H, device=x.device), off[1] + torch.arange(W, device=x.device)
     b = torch.arange(B, device=x.device)[:, None, None]
     return xp[b, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)  # (B, 1, H, W)
-
 
 def train_classifier(x_train, y_train, epochs, device, batch_size=128):
     """Adam with a one-cycle LR (warm up, then anneal to ~0): 99 % in a few epochs.
@@ -154,13 +149,11 @@ def train_classifier(x_train, y_train, epochs, device, batch_size=128):
                 bar.set_postfix(loss=f"{loss.item():.4f}")
     return model.eval()
 
-
 @torch.no_grad()
 def classify(model, x01, device, batch_size=1000):
     """Logits (N, 10) and float64 features (N, 128) on the CPU; eval mode (BatchNorm running stats)."""
     logits, feats = zip(*(model(x.to(device)) for x in x01.split(batch_size)))
     return torch.cat(logits).cpu(), torch.cat(feats).cpu().double()
-
 
 # --- metrics ------------------------------------------------------------------------------------
 def class_metrics(logits, y):
@@ -177,17 +170,14 @@ def class_metrics(logits, y):
         m["acc_per_digit"] = [hit[y == k].mean().item() if (y == k).any() else None for k in range(10)]
     return m
 
-
 def gaussian_stats(f):
     """Mean (d,) and covariance (d, d) of features f (N, d)."""
     return f.mean(0), torch.cov(f.T)
-
 
 def sqrtm_psd(S):
     """Square root of a symmetric PSD matrix: S = V diag(l) V^T -> V diag(sqrt(l)) V^T."""
     l, V = torch.linalg.eigh(S)
     return (V * l.clamp(min=0).sqrt()) @ V.T  # clamp: rounding makes zero eigenvalues -1e-17
-
 
 def frechet_distance(mu1, S1, mu2, S2):
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64. With R = S1^(1/2), R S2 R is
@@ -197,7 +187,6 @@ def frechet_distance(mu1, S1, mu2, S2):
     M = R @ S2 @ R
     tr_sqrt = torch.linalg.eigvalsh((M + M.T) / 2).clamp(min=0).sqrt().sum()
     return ((mu1 - mu2).square().sum() + S1.trace() + S2.trace() - 2 * tr_sqrt).item()
-
 
 def kid(f1, f2, seed, n_subsets=KID_SUBSETS, size=KID_SIZE):
     """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, mean and std over random subsets of m each."""
@@ -212,7 +201,6 @@ def kid(f1, f2, seed, n_subsets=KID_SUBSETS, size=KID_SIZE):
     mmd2 = torch.stack(mmd2)
     return mmd2.mean().item(), mmd2.std().item()
 
-
 def score(model, x01, y, ref, device, seed):
     """All metrics of one set of digits x01 (N, 1, 28, 28) in [0, 1] against the test-set features."""
     logits, feats = classify(model, x01, device)
@@ -220,7 +208,6 @@ def score(model, x01, y, ref, device, seed):
     m["fid"] = frechet_distance(*gaussian_stats(feats), ref["mu"], ref["cov"])
     m["kid"], m["kid_std"] = kid(feats, ref["feats"], seed)
     return m
-
 
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
@@ -264,7 +251,6 @@ def main(argv=None):
         print(f"\nFID and KID against the {len(x_test)} test digits; lower is better, the real row is the floor.")
         print_table({**rows, f"real (train, {real['n']})": real})
 
-
 # --- inputs: samples files -----------------------------------------------------------------------
 def samples_path(arg):
     """A samples.pt file as given, or the samples.pt inside a run folder."""
@@ -276,10 +262,8 @@ def samples_path(arg):
             f"--n-samples 1000 --out-dir {arg}` (or the script that trained that run: ddpm_time.py, ...)")
     return path
 
-
 def describe_value(v):
     return f"{v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
-
 
 def load_samples(path):
     """Read and check one samples.pt; return x (N, 1, 28, 28) float in [0, 1] and y (N,) int64 or None."""
@@ -312,7 +296,6 @@ def load_samples(path):
     print(f"samples: {path}: {len(x)} digits{'' if y is None else ' with labels'}{made_by(d)}")
     return x.clamp(0, 1), y
 
-
 def made_by(d):
     """What produced a samples file, from the "config" and "epoch" the generating scripts store: e.g.
     " (sampler ddim, 50 steps, w=5.0, epoch 20)" or " (sampler heun, 10 steps, w=5.0 from 0.6, epoch 15)", or ""
@@ -327,16 +310,13 @@ def made_by(d):
     parts += [f"epoch {d['epoch']}"] if "epoch" in d else []
     return f" ({', '.join(parts)})" if parts else ""
 
-
 # --- classifier cache ----------------------------------------------------------------------------
 SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "mnist_classifier.pt")
-
 
 def default_classifier(data_dir):
     """The shipped classifier (the one RESULTS.md scored with) when it is beside this file, else the cache
     in the data folder, trained on first use."""
     return SHIPPED_CLASSIFIER if os.path.exists(SHIPPED_CLASSIFIER) else os.path.join(data_dir, "mnist_classifier.pt")
-
 
 def get_classifier(path, args, x_train, y_train, device):
     """The cached classifier, or a new one trained now; returns it and the digits it was trained on
@@ -353,7 +333,6 @@ def get_classifier(path, args, x_train, y_train, device):
     print(f"classifier: trained in {time.time() - t0:.0f} s")
     return model, n
 
-
 def save_classifier(model, path, test_acc, n_train, args):
     """Cache the weights with what they are: arch tag, test accuracy, training size and epochs."""
     state = {k: v.cpu() for k, v in model.state_dict().items()}
@@ -364,7 +343,6 @@ def save_classifier(model, path, test_acc, n_train, args):
         print(f"classifier: cached in {path}")
     except OSError as e:  # e.g. a read-only data folder: the scores are still right, just not cached
         print(f"warning: cannot write {path} ({e.strerror}); pass --classifier PATH to cache it", file=sys.stderr)
-
 
 def write_cache_atomic(obj, path):
     """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk leaves the
@@ -381,7 +359,6 @@ def write_cache_atomic(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
 
 def load_classifier(path):
     """The cached classifier in eval mode; a cache that does not load or fit is a one-line error."""
@@ -402,7 +379,6 @@ def load_classifier(path):
     print(f"classifier: loaded {path} (trained {cache['epochs']} epochs on {cache['n_train']} digits, "
           f"test accuracy then {cache['test_acc']:.2%})")
     return model.eval()
-
 
 # --- output: the table ---------------------------------------------------------------------------
 def print_table(rows):
@@ -443,13 +419,11 @@ def number(kind, lo, hi=math.inf, lo_included=True):
         return value
     return parse
 
-
 # --- shared: errors ---
 def die(msg, code=2):
     """A user error: one clear line on stderr, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
 
 # --- shared: device ---
 def pick_device(name):
@@ -464,7 +438,6 @@ def pick_device(name):
     except Exception:
         die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
 
-
 # --- shared: data ---
 IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -478,11 +451,10 @@ def find_idx_files(data_dir, train):
             paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
             if all(os.path.isfile(p) for p in paths):
                 return paths
-    return None
 
 def read_idx(path, ndim):
-    """One IDX file (MNIST's format: bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values)
-    as a uint8 tensor. Read here, not by torchvision, which is slow to import: it is imported to download only."""
+    """One IDX file (bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values) as a uint8 tensor:
+    read here, not by torchvision, which is slow to import (it is imported to download only)."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -516,11 +488,9 @@ def to_model_range(images_uint8):
     """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
     return images_uint8.unsqueeze(1).float().div(255)
 
-
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
-    another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()

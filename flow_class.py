@@ -26,8 +26,8 @@ Conventions:
     from 1 down to about 1/10000, so t in [0, 1] itself would barely change most features (1000: DDPM's usual T).
     pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); saved in [0, 1] (clamped) or uint8. x_t is never clipped:
     clip_x1 (--clip, default) aims each step at its x_1 = x_t + (1 - t) u clamped to [0, 1] (as DDPM clips its x_0).
-Course (CS180 Fall 2025, Project 5B): its own UNet, p_uncond 0.1, gamma = w = 5. Ours is ddpm_class.py's training;
-    besides the method only 15 epochs (not 20), --guide-from 0.6 (not 0) and the time input (1000 t, not 1..300) differ.
+Course (CS180 Fall 2025, 5B): own UNet, Adam 1e-2 decayed 10x (--lr 1e-2 --lr-decay 0.1 --weight-decay 0), w = 5.
+    Ours is ddpm_class.py's training (AdamW 1e-3, EMA) but for 15 epochs, --guide-from 0.6 and the time input 1000 t.
 Writes to --out-dir (default runs/flow_class): ckpt.pt (every epoch, atomically), samples_epochNNN.png (epochs 1, 5,
     10, 15, last), samples.png, strip.png, loss.png, guidance.png, trajectory.pt, snapshots.pt, samples.pt.
 What you can delete for an assignment (the tail keeps runs safe): without --resume / --sample-only restore_run, the
@@ -56,8 +56,8 @@ GUIDANCE_SWEEP = (0, 1, 3, 5, 10)     # the w values of guidance.png
 NULL = 10                              # the "no label" class (digits are 0..9): u_u = u_theta(x_t, t, NULL)
 GRID_ROWS = 8                          # samples.png and the snapshots: 8 rows of 8 digits
 STEPS = 50                             # --steps default (the course's num_ts); the snapshots take --steps Euler steps
-TRAIN_KEYS = ("limit", "channels", "time_scale", "batch_size", "lr", "ema_decay", "p_uncond", "seed")
-
+TRAIN_KEYS = ("limit", "channels", "time_scale", "batch_size", "lr", "lr_decay", "weight_decay", "ema_decay",
+              "p_uncond", "seed")
 
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
@@ -74,6 +74,10 @@ def get_args(argv=None):
     g.add_argument("--epochs", type=number(int, 0), default=15, help="passes over the 60,000 training digits")
     g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per optimizer step")
     g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3, help="AdamW learning rate")
+    g.add_argument("--lr-decay", type=number(float, 0, lo_included=False), default=1.0,
+                   help="over the run the lr falls to lr times this, a step per epoch "
+                        "(the course: 0.1 with --lr 1e-2 --weight-decay 0)")
+    g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam, as the course)")
     g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")
     g.add_argument("--p-uncond", type=number(float, 0, 1), default=0.1, help="fraction of labels dropped in training")
     g = ap.add_argument_group("sampling")
@@ -103,24 +107,20 @@ def get_args(argv=None):
     args.nfe = count_nfe(args.sampler, args.steps)  # network evaluations per sample, kept in samples.pt's config
     return args, given
 
-
 # --- shared: flow path ---
 def interpolate(x0, x1, t):
     """x_t = (1 - t) x_0 + t x_1 for a batch of t (B,): the noise x_0 at t = 0, the digit x_1 at t = 1."""
     t = t.view(-1, 1, 1, 1)
     return (1 - t) * x0 + t * x1
 
-
 def target_velocity(x0, x1):
     """u = d x_t / dt = x_1 - x_0: constant along each straight line, so it needs no t."""
     return x1 - x0
-
 
 def velocity(model, x_t, t, scale, y=None):
     """u_theta(x_t, t), or u_theta(x_t, t, y), for a batch of t (B,) in [0, 1]: the UNet fed scale * t (--time-scale,
     1000), since its sinusoidal embedding's frequencies run from 1 down to about 1/10000 per unit of its input."""
     return model(x_t, scale * t, y)
-
 
 # --- shared: model blocks ---
 def time_embedding(t, dim):
@@ -129,7 +129,6 @@ def time_embedding(t, dim):
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([args.sin(), args.cos()], dim=1)
-
 
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, plus the (time) embedding, twice; residual connection."""
@@ -147,7 +146,6 @@ class ResBlock(nn.Module):
         h = self.conv2(F.silu(self.norm2(h)))
         return h + self.skip(x)                       # (B, c_out, H, W)
 
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
 
@@ -162,7 +160,6 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.transpose(-1, -2).unbind(1)     # each (B, heads, HW, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)   # softmax(q k^T / sqrt(d)) v
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
-
 
 # --- shared: UNet ---
 class UNet(nn.Module):
@@ -199,7 +196,6 @@ class UNet(nn.Module):
         h = self.up1(self.unpool1(h) + h1, emb)                   # (B, c1, 28, 28)
         return self.out(h)                                        # (B, 1, 28, 28)
 
-
 # --- guidance ----------------------------------------------------------------------------------
 def guided_velocity_fn(model, y, w, scale, guide_from=0.0):
     """u(x_t, t) = u_u + w (u_c - u_u) for the digits y (B,): one forward pass on a doubled batch.
@@ -216,23 +212,19 @@ def guided_velocity_fn(model, y, w, scale, guide_from=0.0):
         return u_u + w_t * (u_c - u_u)
     return u_fn
 
-
 # --- shared: flow sampler ---
 def count_nfe(sampler, steps):
     """Network evaluations (NFE) per sample: Euler 1 per step; Heun 2, but 1 in its last step (see flow_sample)."""
     return steps if sampler == "euler" else 2 * steps - 1
-
 
 def flow_timesteps(steps):
     """The t the sampler visits, t = i / steps for i = 0..steps, from 0 (the noise) to 1 (the digit): float64, each
     the double nearest i / steps, so that a t named in a flag is met exactly (float32's 0.7 is below 0.7)."""
     return torch.arange(steps + 1, dtype=torch.float64) / steps
 
-
 def euler_step(x, dt, u):
     """x_{t+dt} = x_t + dt u(x_t, t), along the velocity at the start of the step. First order: error ~ 1 / steps."""
     return x + dt * u
-
 
 def heun_step(u_fn, x, t, dt, u):
     """Heun's method (the explicit trapezoid rule), given u = u(x_t, t):
@@ -241,7 +233,6 @@ def heun_step(u_fn, x, t, dt, u):
     Second order: error ~ 1 / steps^2, for a second network evaluation per step."""
     x_pred = euler_step(x, dt, u)
     return x + dt * (u + u_fn(x_pred, t + dt)) / 2
-
 
 def clip_x1(u_fn):
     """u_fn with its x_1 prediction clipped to the data range [0, 1] (the flow form of DDPM's clip_denoised):
@@ -254,7 +245,6 @@ def clip_x1(u_fn):
             return u
         return ((x + (1 - t) * u).clamp(0, 1) - x) / (1 - t)
     return u_clipped
-
 
 @torch.no_grad()
 def flow_sample(u_fn, x_0, sampler, steps):
@@ -276,7 +266,6 @@ def flow_sample(u_fn, x_0, sampler, steps):
         frames.append(to_uint8(x).cpu())
     return x, ts, torch.stack(frames)
 
-
 # --- training step: the flow loss with labels dropped for guidance ------------------------------
 def flow_loss_cfg(model, x1, y, scale, p_uncond):
     """|| u - u_theta(x_t, t, y') ||^2 for digits x_1 (B, 1, 28, 28) in [0, 1] with labels y (B,): x_0 ~ N(0, I),
@@ -288,7 +277,6 @@ def flow_loss_cfg(model, x1, y, scale, p_uncond):
     y = torch.where(drop, torch.full_like(y, NULL), y)
     return F.mse_loss(velocity(model, interpolate(x0, x1, t), t, scale, y), target_velocity(x0, x1))
 
-
 # --- shared: EMA ---
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
@@ -298,7 +286,6 @@ def ema_update(ema, model, decay, step):
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
-
 
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
@@ -313,7 +300,7 @@ def main(argv=None):
     print(f"device {device}  threads {torch.get_num_threads()}  the network sees {args.time_scale:g} t, t in [0, 1]")
     model = UNet(args.channels, n_classes=11).to(device, memory_format=torch.channels_last)  # faster on CPU
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, channels {args.channels}")
     run = restore_run(ckpt, model, ema, opt, device, args.out_dir)  # epochs done, losses; weights if continuing
 
@@ -337,6 +324,8 @@ def main(argv=None):
         print(f"training on {len(x_all)} digits")
         step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1  # step: optimizer steps so far
         for epoch in range(first, args.epochs + 1):
+            for group in opt.param_groups:  # lr gamma^(epoch - 1), gamma = lr_decay^(1 / epochs); 1: constant
+                group["lr"] = args.lr * args.lr_decay ** ((epoch - 1) / args.epochs)
             with EpochLog(run, epoch, args.epochs, len(x_all)) as log:  # progress bar, NaN stop, Ctrl-C
                 for idx in torch.randperm(len(x_all), device=device).split(args.batch_size):
                     loss = flow_loss_cfg(model, x_all[idx], y_all[idx], args.time_scale, args.p_uncond)
@@ -408,7 +397,6 @@ def number(kind, lo, hi=math.inf, lo_included=True):
         return value
     return parse
 
-
 # --- shared: given flags ---
 def parse_flags(ap, argv):
     """The flags, and the names of those given on the command line whatever their value: parsed again into a
@@ -449,11 +437,10 @@ def find_idx_files(data_dir, train):
             paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
             if all(os.path.isfile(p) for p in paths):
                 return paths
-    return None
 
 def read_idx(path, ndim):
-    """One IDX file (MNIST's format: bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values)
-    as a uint8 tensor. Read here, not by torchvision, which is slow to import: it is imported to download only."""
+    """One IDX file (bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values) as a uint8 tensor:
+    read here, not by torchvision, which is slow to import (it is imported to download only)."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -498,8 +485,7 @@ def to_uint8(x):
 
 # --- shared: atomic save ---
 def save_atomic(obj, path):
-    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk leaves the
-    previous file whole, never half a new one."""
+    """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -514,8 +500,7 @@ def save_atomic(obj, path):
 
 # --- shared: out dir ---
 def prepare_out_dir(out_dir, continuing):
-    """Create --out-dir, check that it takes files, return the checkpoint path. A finished run there is never
-    overwritten by accident: it needs --resume or --sample-only."""
+    """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         open(os.path.join(out_dir, ".write_test"), "wb").close()
@@ -553,6 +538,8 @@ def open_run(args, given, script, train_keys):
                 f"drop the flag to continue that run, or use another --out-dir")
         setattr(args, k, config.get(k, getattr(args, k)))
     args.epochs = args.epochs if "epochs" in given else max(config["epochs"], ckpt["epoch"])
+    if args.resume and config.get("lr_decay", 1) != 1 and args.epochs != config["epochs"]:  # its lr curve would change
+        die(f"{path} decays its lr over --epochs {config['epochs']}: resume it with those, or use another --out-dir")
     print(f"loaded {path}: {ckpt['epoch']} epochs done")
     if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
         print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
@@ -587,17 +574,13 @@ def save_run(run, model, ema, opt, args, device, path, script):
 # --- shared: RNG state ---
 def rng_state(device):
     """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type in ("cuda", "mps"):
-        state[device.type] = torch.cuda.get_rng_state_all() if device.type == "cuda" else torch.mps.get_rng_state()
-    return state
+    gpu = {"cuda": torch.cuda.get_rng_state_all, "mps": torch.mps.get_rng_state}.get(device.type)
+    return {"cpu": torch.get_rng_state(), **({device.type: gpu()} if gpu else {})}
 
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if device.type == "mps" and state.get("mps") is not None:
-        torch.mps.set_rng_state(state["mps"])
+    if device.type in ("cuda", "mps") and state.get(device.type) is not None:
+        {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type](state[device.type])
 
 # --- shared: epoch log ---
 class EpochLog:
@@ -652,11 +635,10 @@ def image_grid(x01, nrow, pad=2):
     torchvision's make_grid(x01, nrow, padding=2, pad_value=1)[0], without importing torchvision (slow)."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
-    grid = torch.ones(math.ceil(n / cols) * (h + pad) + pad, cols * (w + pad) + pad)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[pad + r * (h + pad):(r + 1) * (h + pad), pad + c * (w + pad):(c + 1) * (w + pad)] = x01[i, 0]
-    return grid
+    rows = math.ceil(n / cols)
+    cells = F.pad(torch.cat([x01[:, 0], torch.ones(rows * cols - n, h, w)]), (pad, 0, pad, 0), value=1)  # blank cells
+    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
+    return F.pad(grid, (0, pad, 0, pad), value=1)  # pad above and left of each cell, then below and right of all
 
 # --- shared: plot grid ---
 def save_grid(x01, path, nrow, title, row_labels=None, col_labels=None):
@@ -702,8 +684,7 @@ def plot_guidance(grids, path, row_labels, ncol, title):
 
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
-    another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()

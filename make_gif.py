@@ -45,7 +45,6 @@ FLOW_SCALE = 300  # flow matching's noise level s = 1 - t in [0, 1] counts as FL
 FPS = 8           # --fps default of the reverse process
 PROGRESS_FPS = 2  # --fps default with --progress
 
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Reverse-process or training-progress GIF of a diffusion or flow run")
@@ -69,7 +68,6 @@ def get_args(argv=None):
         ap.error("--fps must be in (0, 50]: GIF delays are in 1/100 s, browsers slow down anything faster")
     return args
 
-
 # --- frames: which steps to show ----------------------------------------------------------------
 def pick_frames(t, stride, dense):
     """Indices of the frames to show, ascending, for the steps t (descending to 0: DDPM's t, or a flow's
@@ -84,7 +82,6 @@ def pick_frames(t, stride, dense):
         mark -= stride
     return sorted(keep)
 
-
 def choose_frames(t, stride, dense):
     """The frames to show and their headers. DDPM: integer t from T down to 0, "t = 300". Flow
     matching: float t from 0.0 up to 1.0, chosen by its noise level s = 1 - t on DDPM's scale
@@ -94,7 +91,6 @@ def choose_frames(t, stride, dense):
         return keep, [f"t = {t[i].item():.2f}" for i in keep]
     keep = pick_frames(t.tolist(), stride, dense)
     return keep, [f"t = {t[i].item()}" for i in keep]
-
 
 # --- frames: what each one shows -----------------------------------------------------------------
 def tile(images, nrow):
@@ -108,7 +104,6 @@ def tile(images, nrow):
         grid[PAD + r * (H + PAD):(r + 1) * (H + PAD), PAD + c * (W + PAD):(c + 1) * (W + PAD)] = images[i, 0]
     return grid
 
-
 def load_font(px):
     """Pillow's built-in font at px pixels (scalable since Pillow 10.1); else its small bitmap font."""
     try:
@@ -116,12 +111,10 @@ def load_font(px):
     except Exception:  # older Pillow (no size argument) or Pillow built without FreeType
         return ImageFont.load_default()
 
-
 def draw_centered(draw, xy, text, font):
     """Text centred on xy, measured with textbbox (anchors are not supported by bitmap fonts)."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     draw.text((xy[0] - (left + right) / 2, xy[1] - (top + bottom) / 2), text, fill=0, font=font)
-
 
 def render(images, text, row_labels, nrow, scale, font, px):
     """One frame, mode "L": header with `text` on top, digit labels on the left (if any), then the
@@ -139,7 +132,6 @@ def render(images, text, row_labels, nrow, scale, font, px):
         draw_centered(draw, (left / 2, header + scale * (PAD + r * (H + PAD) + H / 2)), label, font)
     return canvas
 
-
 def to_palette(img, levels):
     """"L" -> "P" with `levels` evenly spaced greys. A small palette means short LZW codes, and
     leaves Pillow a free slot to mark the pixels that did not change since the last frame as
@@ -148,7 +140,6 @@ def to_palette(img, levels):
     p = Image.frombytes("P", img.size, index.tobytes())
     p.putpalette([round(k * 255 / (levels - 1)) for k in range(levels) for _ in range(3)])
     return p
-
 
 # --- GIF ---------------------------------------------------------------------------------------
 def save_gif(frames, path, fps, hold):
@@ -164,7 +155,6 @@ def save_gif(frames, path, fps, hold):
         die(f"cannot write {path}: {e}")
     with Image.open(path) as gif:
         return gif.n_frames
-
 
 # --- main --------------------------------------------------------------------------------------
 def main(argv=None):
@@ -200,11 +190,9 @@ def main(argv=None):
     print(f"wrote {out}: {n} frame{'s' * (n != 1)} ({texts[0]} ... {texts[-1]}), {w}x{h} px, "
           f"{os.path.getsize(out) / 1024:.0f} KB, {fps:g} fps + {args.hold:g} s on the last frame")
 
-
 # --- inputs: the run files, checked ----------------------------------------------------------------
 def describe(x):
     return f"{x.dtype} tensor {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
-
 
 def load_dict(path, keys, writer):
     """torch.load a run file and check it is a dict holding `keys`; any failure is one clear line."""
@@ -219,12 +207,10 @@ def load_dict(path, keys, writer):
         die(f"{path} should be a dict with keys {list(keys)}, got {got}; {writer}")
     return d
 
-
 def check_images(x, path, what):
     """uint8 (..., 1, H, W): the grey 0..255 images the training scripts save."""
     if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() >= 3 and x.shape[-3] == 1 and x.numel()):
         die(f"{path}: {what} should be a non-empty uint8 tensor of images (..., 1, H, W), got {describe(x)}")
-
 
 def check_meta(y, nrow, n, path):
     """Labels (n,) or None, and a positive images-per-row count."""
@@ -232,7 +218,6 @@ def check_meta(y, nrow, n, path):
         die(f"{path}: 'y' should be None or an integer tensor ({n},), got {describe(y)}")
     if not isinstance(nrow, int) or nrow < 1:
         die(f"{path}: 'nrow' should be a positive int, got {nrow!r}")
-
 
 def load_trajectory(run_dir):
     """frames uint8 (F, N, 1, H, W), t (F,): integers descending from T to 0 (DDPM) or floats ascending
@@ -252,7 +237,6 @@ def load_trajectory(run_dir):
             f"{[round(s, 3) for s in t.tolist()[:5]]} ...")
     check_meta(y, nrow, frames.shape[1], path)
     return frames, t, y, nrow
-
 
 def load_snapshots(run_dir):
     """{epoch: uint8 (N, 1, H, W)} (all the same shape), labels y (N,) or None, nrow."""
@@ -288,18 +272,15 @@ def number(kind, lo, hi=math.inf, lo_included=True):
         return value
     return parse
 
-
 # --- shared: errors ---
 def die(msg, code=2):
     """A user error: one clear line on stderr, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
 
-
 # --- shared: entry point ---
 def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too; every file
-    another step reads was written atomically, so what is on disk is whole."""
+    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main()

@@ -197,3 +197,32 @@ def test_evaluate_scores_ddpm_samples(trained_run, tiny_mnist, tmp_path):
     row = next(v for k, v in json.loads(r.stdout)["files"].items() if k.endswith("samples.pt"))
     assert row["n"] == 12 and row["fid"] >= 0
     assert (row["acc"] is not None) == (script == "ddpm_class.py")
+
+
+@pytest.mark.parametrize("script", ["ddpm_time.py", "ddpm_class.py", "flow_time.py", "flow_class.py"])
+def test_the_courses_lr_schedule(script, tiny_mnist, tmp_path, monkeypatch):
+    """--lr 1e-2 --lr-decay 0.1 --weight-decay 0 is the course's optimizer: Adam (AdamW without weight decay is
+    Adam, to the bit), at the lr that torch's ExponentialLR(gamma = 0.1^(1 / epochs)) gives each epoch."""
+    module, seen = __import__(script[:-3]), []
+
+    class Recorder(torch.optim.AdamW):
+        def step(self, *a, **k):
+            seen.append((self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]))
+            return super().step(*a, **k)
+    monkeypatch.setattr(module.torch.optim, "AdamW", Recorder)
+    tiny = ["--channels", "8", "8", "8", "--device", "cpu", "--limit", "64", "--batch-size", "32"]
+    sampling = ["--steps", "1"] + (["--sampler", "ddim", "--T", "20"] if script.startswith("ddpm") else [])
+    run_script(script, "--data-dir", tiny_mnist, "--out-dir", tmp_path, "--epochs", "3", "--lr", "1e-2",
+               "--lr-decay", "0.1", "--weight-decay", "0", *tiny, *sampling)
+    adam = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-2)
+    course = torch.optim.lr_scheduler.ExponentialLR(adam, gamma=0.1 ** (1 / 3))
+    expected = []
+    for _ in range(3):                      # 2 steps per epoch (64 digits, batches of 32), then the scheduler's step
+        expected += [adam.param_groups[0]["lr"]] * 2
+        adam.step()
+        course.step()
+    assert [wd for _, wd in seen] == [0.0] * 6
+    assert [lr for lr, _ in seen] == pytest.approx(expected, rel=1e-12) and seen[0][0] == 1e-2
+    # the decay is spread over --epochs: continuing with more epochs would bend it, so it is refused
+    r = run_script(script, "--data-dir", tiny_mnist, "--out-dir", tmp_path, "--resume", "--epochs", "4", check=False)
+    assert "decays its lr over --epochs 3" in one_line_error(r)
