@@ -75,7 +75,7 @@ def get_args(argv=None):
     g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per optimizer step")
     g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3, help="AdamW learning rate")
     g.add_argument("--lr-decay", type=number(float, 0, lo_included=False), default=1.0,
-                   help="over the run the lr falls to lr times this, a step per epoch "
+                   help="the lr is multiplied by this^(1 / epochs) after every epoch "
                         "(the course: 0.1 with --lr 1e-2 --weight-decay 0)")
     g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam, as the course)")
     g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")

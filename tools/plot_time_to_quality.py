@@ -1,7 +1,8 @@
 """RESULTS.md's plot of quality against training minutes, from evaluate.py's JSON (assets/time_to_quality.png).
 
     python evaluate.py runs/ttq_flow_class/samples_e*.pt runs/ttq_ddpm_class/samples_e*.pt \
-        runs/shipped_flow_class runs/shipped_ddpm_class --data-dir ~/mnist --json > runs/ttq.json
+        runs/shipped_flow_class runs/shipped_ddpm_class runs/sweep_flow_e2_w3gf04 --data-dir ~/mnist --json \
+        > runs/ttq.json
     python tools/plot_time_to_quality.py runs/ttq.json assets/time_to_quality.png \
         --series flow_class.py=ttq_flow_class:201 flow_class.py=shipped_flow_class:201 \
                  ddpm_class.py=ttq_ddpm_class:203 ddpm_class.py=shipped_ddpm_class:203 \
@@ -13,6 +14,7 @@ time per epoch measured alone. Series of the same label join into one line.
 """
 import argparse
 import json
+import sys
 
 import matplotlib
 import matplotlib.ticker
@@ -41,6 +43,8 @@ def main():
             if pattern in path:
                 epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
                 found.append((epoch * float(s_per_epoch) / 60, 100 * m["acc"], m["fid"], epoch))
+        if not found:
+            sys.exit(f"error: no scored file in {args.json} has {pattern!r} in its path")
         return label, found
 
     lines = {}
@@ -54,10 +58,12 @@ def main():
             for x_, y_, e in zip(minutes, y, epochs):
                 ax.annotate(f"{e} ep", (x_, y_), textcoords="offset points", xytext=(3, 4), fontsize=7)
     ax_acc.axhline(args.target_acc, ls=":", c="gray", label=f"{args.target_acc:g} %")
-    ax_fid.axhline(args.target_floor_x * floor, ls=":", c="gray", label=f"{args.target_floor_x:g}x the real-digit floor")
+    floor_label = f"{args.target_floor_x:g}x the real-digit floor"
+    ax_fid.axhline(args.target_floor_x * floor, ls=":", c="gray", label=floor_label)
     ax_fid.axhline(floor, ls="--", c="gray", label="real digits")
-    ax_acc.set(xscale="log", xlabel="training minutes, 2 CPU cores (log scale)", ylabel="% read as the digit asked for")
-    ax_fid.set(xscale="log", yscale="log", xlabel="training minutes, 2 CPU cores (log scale)", ylabel="FID (evaluate.py)")
+    xlabel = "training minutes, 2 CPU cores (log scale)"
+    ax_acc.set(xscale="log", xlabel=xlabel, ylabel="% read as the digit asked for")
+    ax_fid.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="FID (evaluate.py)")
     for ax in (ax_acc, ax_fid):
         ax.set_xticks([3, 5, 10, 20, 50], ["3", "5", "10", "20", "50"])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
