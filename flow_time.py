@@ -592,9 +592,10 @@ def image_grid(x01, nrow, pad=2):
     n, _, h, w = x01.shape
     cols = min(nrow, n)
     rows = math.ceil(n / cols)
-    cells = F.pad(torch.cat([x01[:, 0], torch.ones(rows * cols - n, h, w)]), (pad, 0, pad, 0), value=1)  # blank cells
+    cells = torch.cat([x01[:, 0].float().cpu(), torch.ones(rows * cols - n, h, w)])  # blank cells end the last row
+    cells = F.pad(cells, (pad, 0, pad, 0), value=1)  # a border above and left of each cell
     grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
-    return F.pad(grid, (0, pad, 0, pad), value=1)  # pad above and left of each cell, then below and right of all
+    return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
 
 # --- shared: plot grid ---
 def save_grid(x01, path, nrow, title, row_labels=None, col_labels=None):
