@@ -18,7 +18,7 @@ Math (x a clean digit, eps ~ N(0, I) of the same shape, sigma a fixed noise leve
     psnr          10 log10(1 / MSE) dB, MSE over the 784 pixels of ONE image (peak 1); reported as the mean
                   over the test digits. rms_distance: the same per-image RMS of (a - b), mean over images.
 Conventions:
-    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (to_model_range, as in the DDPM scripts). The denoised output
+    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (load_mnist, as in the DDPM scripts). The denoised output
     is clipped to [0, 1] for PSNR, distances and plots; the noisy input's PSNR uses the unclipped z (so it is
     about -20 log10 sigma: 6.0 dB at 0.5); plots show z clipped. Training draws a fresh eps for every batch;
     figures and scores use fixed noise (generator seed + 1), one eps per test digit scaled by each sigma.
@@ -214,11 +214,10 @@ def main(argv=None):
     # fixed inputs of every figure and score, from their own generator: the training RNG stays untouched
     gen = torch.Generator().manual_seed(args.seed + 1)
     if args.pure_noise:  # noise images with no digit in them, and the mean training digit
-        x_train = to_model_range(load_mnist(args.data_dir, train=True, limit=args.limit)[0])
+        x_train = load_mnist(args.data_dir, train=True, limit=args.limit)[0]
         probe = pure_noise_probe(x_train, gen)
     else:  # the test digits with one eps each, and ten of them (one per class) at every sigma
-        test_images, test_labels = load_mnist(args.data_dir, train=False)
-        x_test = to_model_range(test_images)                          # (10000, 1, 28, 28) in [0, 1]
+        x_test, test_labels = load_mnist(args.data_dir, train=False)  # (10000, 1, 28, 28) in [0, 1]
         probe = psnr_probe(x_test, torch.randn(x_test.shape, generator=gen), test_labels, args.sigma)
         plot_rows([probe["noisy_rows"]], os.path.join(args.out_dir, "noising.png"),
                   f"{SCRIPT}: z = x + sigma eps, test digits, same eps (clipped)", SIGMA_LABELS)
@@ -226,8 +225,7 @@ def main(argv=None):
     # train: the whole set on the device, shuffled batches (no DataLoader); a figure after the figure epochs,
     # a checkpoint after every epoch. BatchNorm trains on batch statistics: denoise() puts the train mode back.
     if not args.eval_only and run["epoch"] < args.epochs:
-        images, _ = load_mnist(args.data_dir, train=True, limit=args.limit)
-        x_all = to_model_range(images).to(device)                    # (N, 1, 28, 28) in [0, 1]
+        x_all = load_mnist(args.data_dir, train=True, limit=args.limit)[0].to(device)  # (N, 1, 28, 28) in [0, 1]
         print(f"training on {len(x_all)} digits")
         train_s, first = 0.0, run["epoch"] + 1
         for epoch in range(first, args.epochs + 1):
@@ -418,12 +416,9 @@ def plot_psnr(rows, path, title, sigma_train, black):
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
-
 # =================================================================================================
-# Plumbing: identical in every script, skip on a first read. Flag checks, errors, device, MNIST
-# files, checkpoints and resume, RNG state, the training loop's bookkeeping, plots.
-# =================================================================================================
-# --- shared: flag types ---
+# Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
+# --- shared: flags and errors ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
     def parse(text):
@@ -438,26 +433,15 @@ def number(kind, lo, hi=math.inf, lo_included=True):
         return value
     return parse
 
-# --- shared: given flags ---
-def parse_flags(ap, argv):
-    """The flags, and the names of those given on the command line whatever their value: parsed again into a
-    namespace that already holds a marker for every flag, so that defaults are not filled in."""
-    args, unset = ap.parse_args(argv), object()
-    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
-    return args, {k for k, v in vars(again).items() if v is not unset}
-
-# --- shared: errors ---
 def die(msg, code=2):
     """A user error: one clear line on stderr, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
-# --- shared: device ---
+# --- shared: device and MNIST ---
 def pick_device(name):
     """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
     if name == "auto":
-        mps = torch.backends.mps.is_available()
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
         if name.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(name)
@@ -465,17 +449,13 @@ def pick_device(name):
     except Exception:
         die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
 
-# --- shared: data ---
-IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
 def find_idx_files(data_dir, train):
-    """Paths of the IDX image and label files, or None: torchvision's layout (DIR/MNIST/raw/...), a plain folder
-    of the four files, or the Kaggle download (dotted names such as train-images.idx3-ubyte, often in archive/)."""
+    """The IDX image and label paths, or None: in DIR/MNIST/raw (torchvision), DIR, or Kaggle's (dotted, archive/)."""
+    names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for names in (IDX_NAMES[train], [n.replace("-idx", ".idx") for n in IDX_NAMES[train]]):
-            paths = [os.path.join(data_dir, folder, n) for n in names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
+        for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
+            paths = [os.path.join(data_dir, folder, n) for n in file_names]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]  # Kaggle's
             if all(os.path.isfile(p) for p in paths):
                 return paths
 
@@ -493,7 +473,7 @@ def read_idx(path, ndim):
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,); the first `limit` digits only if limit > 0."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, and int64 labels (N,); `limit`: the first N."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -509,12 +489,7 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return (images[:limit], labels[:limit]) if limit else (images, labels)
-
-def to_model_range(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
-    return images_uint8.unsqueeze(1).float().div(255)
-
+    return images[:limit or None].unsqueeze(1).float().div(255), labels[:limit or None]  # limit 0: all
 # --- shared: atomic save ---
 def save_atomic(obj, path):
     """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
@@ -529,7 +504,6 @@ def save_atomic(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
-
 # --- shared: atomic JSON ---
 def save_json_atomic(obj, path):
     """save_atomic for JSON (results you read or plot later): temp file, flush, fsync, rename over path."""
@@ -544,8 +518,13 @@ def save_json_atomic(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
+# --- shared: run safety ---
+def parse_flags(ap, argv):
+    """The flags, and the names of those on the command line: parsed again over a marker for each, no default set."""
+    args, unset = ap.parse_args(argv), object()
+    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return args, {k for k, v in vars(again).items() if v is not unset}
 
-# --- shared: out dir ---
 def prepare_out_dir(out_dir, continuing):
     """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
     try:
@@ -559,7 +538,6 @@ def prepare_out_dir(out_dir, continuing):
         die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, or another --out-dir")
     return ckpt_path
 
-# --- shared: RNG state ---
 def rng_state(device):
     """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
     gpu = {"cuda": torch.cuda.get_rng_state_all, "mps": torch.mps.get_rng_state}.get(device.type)
@@ -570,11 +548,9 @@ def set_rng_state(state, device):
     if device.type in ("cuda", "mps") and state.get(device.type) is not None:
         {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type](state[device.type])
 
-# --- shared: epoch log ---
 class EpochLog:
     """One epoch's bookkeeping: progress bar, Ctrl-C, and a NaN check every 25 steps (the only host sync), before a
     checkpoint holds the loss. On a clean exit the losses join run["loss_history"], and .seconds is set."""
-
     def __init__(self, run, epoch, epochs, n_images):
         self.run, self.epoch, self.losses, self.t0, self.left = run, epoch, [], time.time(), n_images
         self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
@@ -604,7 +580,6 @@ class EpochLog:
         if error is None:
             self.run["loss_history"] = torch.cat([self.run["loss_history"], torch.stack(self.losses).cpu()])
             self.run["epoch"], self.seconds = self.epoch, time.time() - self.t0
-
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
     """x01 (N, 1, H, W) in [0, 1] -> one (H', W') image, nrow digits per row, white `pad` pixels around each:
@@ -616,19 +591,17 @@ def image_grid(x01, nrow, pad=2):
     cells = F.pad(cells, (pad, 0, pad, 0), value=1)  # a border above and left of each cell
     grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
     return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
-
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
+    whole = "the files written are whole, and a training run continues from its last finished epoch with --resume"
     try:
         main()
     except KeyboardInterrupt:
-        die("interrupted (Ctrl-C); files already written are whole, and a training run continues "
-            "from its last finished epoch with --resume", 130)
+        die(f"interrupted (Ctrl-C); {whole}", 130)
     except OSError as e:
-        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
-            f"written are whole, and a training run continues from its last finished epoch with --resume")
+        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; {whole}")
 
 ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
 
@@ -638,7 +611,6 @@ def on_ctrl_c(signum, frame):
     global ctrl_c_pressed
     ctrl_c_pressed = True
     raise KeyboardInterrupt
-
 
 if __name__ == "__main__":
     run_main(main)

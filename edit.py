@@ -155,9 +155,8 @@ class SelfAttention(nn.Module):
 
 # --- shared: UNet ---
 class UNet(nn.Module):
-    """The network: eps_theta(x_t, t) for DDPM (u_theta for flow matching), or with n_classes also given the
-    label y (a learned embedding, added to the time embedding). 28x28 -> 14x14 -> 7x7 (+ attention) -> back up;
-    the skips are added, not concatenated: faster, at the same quality (RESULTS.md)."""
+    """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes also the label y, embedded and added to t's embedding.
+    28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated: faster, as good (RESULTS.md)."""
 
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
@@ -379,8 +378,8 @@ def main(argv=None):
     model, sched, epoch = load_ddpm_class(args.ckpt, device)
     x_draw, raw = load_drawing(args.image) if args.image else (None, None)
     T, w, steps = len(sched["beta"]) - 1, args.guidance, args.steps
-    images, labels = load_mnist(args.data_dir, train=False)
-    x_test = to_model_range(images).to(device)                   # (10000, 1, 28, 28) in [0, 1]
+    x_test, labels = load_mnist(args.data_dir, train=False)      # (10000, 1, 28, 28) in [0, 1]
+    x_test = x_test.to(device)
     show = torch.stack([(labels == d).nonzero()[0, 0] for d in SHOW])
     x_show, y_show, row_labels = x_test[show], labels[show].to(device), [str(d) for d in SHOW]
     os.makedirs(args.out_dir, exist_ok=True)
@@ -395,7 +394,7 @@ def main(argv=None):
     if "a" in args.parts:
         ts, eps = [at(f) for f in FORWARD_T], noise(x_show.shape, "a")
         x = torch.stack([q_sample(x_show, t, eps, sched) for t in ts], 1)   # (digits, t, 1, 28, 28)
-        save_grid(to_unit_range(x.flatten(0, 1)), out("a_forward.png"), len(ts), "a (1.1): the forward process "
+        save_grid(x.flatten(0, 1), out("a_forward.png"), len(ts), "a (1.1): the forward process "
                   "x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps", row_labels, [f"t={t}" for t in ts])
 
     # b (1.2-1.4): test digits noised to t, denoised by a blur, in one step and iteratively (eps_u); PSNR
@@ -500,12 +499,9 @@ def main(argv=None):
     print(f"done in {time.time() - t_start:.0f} s on {device} ({torch.get_num_threads()} threads); in {args.out_dir}: "
           + ", ".join(sorted(os.listdir(args.out_dir))))
 
-
 # =================================================================================================
-# Plumbing: identical in every script, skip on a first read. Flag checks, errors, device, MNIST
-# files, checkpoints and resume, RNG state, the training loop's bookkeeping, plots.
-# =================================================================================================
-# --- shared: flag types ---
+# Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
+# --- shared: flags and errors ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
     def parse(text):
@@ -520,18 +516,15 @@ def number(kind, lo, hi=math.inf, lo_included=True):
         return value
     return parse
 
-# --- shared: errors ---
 def die(msg, code=2):
     """A user error: one clear line on stderr, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
-# --- shared: device ---
+# --- shared: device and MNIST ---
 def pick_device(name):
     """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
     if name == "auto":
-        mps = torch.backends.mps.is_available()
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
         if name.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(name)
@@ -539,17 +532,13 @@ def pick_device(name):
     except Exception:
         die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
 
-# --- shared: data ---
-IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
 def find_idx_files(data_dir, train):
-    """Paths of the IDX image and label files, or None: torchvision's layout (DIR/MNIST/raw/...), a plain folder
-    of the four files, or the Kaggle download (dotted names such as train-images.idx3-ubyte, often in archive/)."""
+    """The IDX image and label paths, or None: in DIR/MNIST/raw (torchvision), DIR, or Kaggle's (dotted, archive/)."""
+    names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for names in (IDX_NAMES[train], [n.replace("-idx", ".idx") for n in IDX_NAMES[train]]):
-            paths = [os.path.join(data_dir, folder, n) for n in names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
+        for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
+            paths = [os.path.join(data_dir, folder, n) for n in file_names]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]  # Kaggle's
             if all(os.path.isfile(p) for p in paths):
                 return paths
 
@@ -567,7 +556,7 @@ def read_idx(path, ndim):
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,); the first `limit` digits only if limit > 0."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, and int64 labels (N,); `limit`: the first N."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -583,21 +572,7 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return (images[:limit], labels[:limit]) if limit else (images, labels)
-
-def to_model_range(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
-    return images_uint8.unsqueeze(1).float().div(255)
-
-# --- shared: saved pixels ---
-def to_unit_range(x):
-    """Model output -> [0, 1] for saving and plotting: clamped, since samples can overshoot."""
-    return x.clamp(0, 1)
-
-def to_uint8(x):
-    """[0, 1] -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
-    return (to_unit_range(x) * 255).round().to(torch.uint8)
-
+    return images[:limit or None].unsqueeze(1).float().div(255), labels[:limit or None]  # limit 0: all
 # --- shared: atomic save ---
 def save_atomic(obj, path):
     """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
@@ -612,7 +587,6 @@ def save_atomic(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
-
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
     """x01 (N, 1, H, W) in [0, 1] -> one (H', W') image, nrow digits per row, white `pad` pixels around each:
@@ -624,31 +598,32 @@ def image_grid(x01, nrow, pad=2):
     cells = F.pad(cells, (pad, 0, pad, 0), value=1)  # a border above and left of each cell
     grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
     return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
-
-# --- shared: plot grid ---
-def save_grid(x01, path, nrow, title, row_labels=None, col_labels=None):
-    """x01 (N, 1, 28, 28) in [0, 1] -> one PNG of a grid, nrow images per row, labelled by row and column."""
-    rows = math.ceil(len(x01) / nrow)
+# --- shared: grids and uint8 ---
+def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
+    """x (N, 1, 28, 28), clamped to [0, 1] -> one PNG of a grid, nrow images per row, labelled by row and column."""
+    rows = math.ceil(len(x) / nrow)
     fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
-    ax.imshow(image_grid(x01.float().cpu(), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=6)
     ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [], fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
+def to_uint8(x):
+    """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
+    whole = "the files written are whole, and a training run continues from its last finished epoch with --resume"
     try:
         main()
     except KeyboardInterrupt:
-        die("interrupted (Ctrl-C); files already written are whole, and a training run continues "
-            "from its last finished epoch with --resume", 130)
+        die(f"interrupted (Ctrl-C); {whole}", 130)
     except OSError as e:
-        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
-            f"written are whole, and a training run continues from its last finished epoch with --resume")
+        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; {whole}")
 
 ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
 
@@ -658,7 +633,6 @@ def on_ctrl_c(signum, frame):
     global ctrl_c_pressed
     ctrl_c_pressed = True
     raise KeyboardInterrupt
-
 
 if __name__ == "__main__":
     run_main(main)

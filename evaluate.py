@@ -46,7 +46,7 @@ Conventions:
     the generating scripts also "config" (the flags that made it: its sampler and steps are printed)
     and "epoch". A run folder stands for FOLDER/samples.pt.
     pixels: the classifier sees [0, 1] as well, like the generating models: MNIST uint8 p becomes p / 255
-    (to_model_range, from the shared data block).
+    (load_mnist, from the shared MNIST block).
     Bad input (missing file, not a samples dict, wrong shape or range, bad labels, no MNIST data):
     one line on stderr and exit code 2.
 Writes: the table (or --json) on stdout, and the classifier cache when it trains one.
@@ -218,10 +218,8 @@ def main(argv=None):
         torch.manual_seed(args.seed)
         device = pick_device(args.device)
         samples = {path: load_samples(path) for path in map(samples_path, args.files)}
-        images, labels = load_mnist(args.data_dir, train=True)
-        x_train, y_train = to_model_range(images), labels
-        images, labels = load_mnist(args.data_dir, train=False)
-        x_test, y_test = to_model_range(images), labels
+        x_train, y_train = load_mnist(args.data_dir, train=True)
+        x_test, y_test = load_mnist(args.data_dir, train=False)
 
         # classifier: the cached one, or one trained now (and cached); its test accuracy is measured every run
         path = args.classifier or default_classifier(args.data_dir)
@@ -399,12 +397,9 @@ def print_table(rows):
     for name, m in rows.items():
         print(f"{name:<{w}}" + "".join(f"{100 * p:>6.1f}" for p in m["hist"]))
 
-
 # =================================================================================================
-# Plumbing: identical in every script, skip on a first read. Flag checks, errors, device, MNIST
-# files, checkpoints and resume, RNG state, the training loop's bookkeeping, plots.
-# =================================================================================================
-# --- shared: flag types ---
+# Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
+# --- shared: flags and errors ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
     def parse(text):
@@ -419,18 +414,15 @@ def number(kind, lo, hi=math.inf, lo_included=True):
         return value
     return parse
 
-# --- shared: errors ---
 def die(msg, code=2):
     """A user error: one clear line on stderr, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
-# --- shared: device ---
+# --- shared: device and MNIST ---
 def pick_device(name):
     """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
     if name == "auto":
-        mps = torch.backends.mps.is_available()
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
         if name.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(name)
@@ -438,17 +430,13 @@ def pick_device(name):
     except Exception:
         die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
 
-# --- shared: data ---
-IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
 def find_idx_files(data_dir, train):
-    """Paths of the IDX image and label files, or None: torchvision's layout (DIR/MNIST/raw/...), a plain folder
-    of the four files, or the Kaggle download (dotted names such as train-images.idx3-ubyte, often in archive/)."""
+    """The IDX image and label paths, or None: in DIR/MNIST/raw (torchvision), DIR, or Kaggle's (dotted, archive/)."""
+    names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for names in (IDX_NAMES[train], [n.replace("-idx", ".idx") for n in IDX_NAMES[train]]):
-            paths = [os.path.join(data_dir, folder, n) for n in names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
+        for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
+            paths = [os.path.join(data_dir, folder, n) for n in file_names]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]  # Kaggle's
             if all(os.path.isfile(p) for p in paths):
                 return paths
 
@@ -466,7 +454,7 @@ def read_idx(path, ndim):
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,); the first `limit` digits only if limit > 0."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, and int64 labels (N,); `limit`: the first N."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -482,24 +470,18 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return (images[:limit], labels[:limit]) if limit else (images, labels)
-
-def to_model_range(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
-    return images_uint8.unsqueeze(1).float().div(255)
-
+    return images[:limit or None].unsqueeze(1).float().div(255), labels[:limit or None]  # limit 0: all
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
+    whole = "the files written are whole, and a training run continues from its last finished epoch with --resume"
     try:
         main()
     except KeyboardInterrupt:
-        die("interrupted (Ctrl-C); files already written are whole, and a training run continues "
-            "from its last finished epoch with --resume", 130)
+        die(f"interrupted (Ctrl-C); {whole}", 130)
     except OSError as e:
-        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
-            f"written are whole, and a training run continues from its last finished epoch with --resume")
+        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; {whole}")
 
 ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
 
@@ -509,7 +491,6 @@ def on_ctrl_c(signum, frame):
     global ctrl_c_pressed
     ctrl_c_pressed = True
     raise KeyboardInterrupt
-
 
 if __name__ == "__main__":
     run_main(main)

@@ -155,9 +155,8 @@ class SelfAttention(nn.Module):
 
 # --- shared: UNet ---
 class UNet(nn.Module):
-    """The network: eps_theta(x_t, t) for DDPM (u_theta for flow matching), or with n_classes also given the
-    label y (a learned embedding, added to the time embedding). 28x28 -> 14x14 -> 7x7 (+ attention) -> back up;
-    the skips are added, not concatenated: faster, at the same quality (RESULTS.md)."""
+    """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes also the label y, embedded and added to t's embedding.
+    28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated: faster, as good (RESULTS.md)."""
 
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
@@ -203,18 +202,15 @@ def euler_step(x, dt, u):
     return x + dt * u
 
 def heun_step(u_fn, x, t, dt, u):
-    """Heun's method (the explicit trapezoid rule), given u = u(x_t, t):
-        predictor  x' = x_t + dt u(x_t, t)                              (an Euler step)
-        corrector  x_{t+dt} = x_t + dt (u(x_t, t) + u(x', t + dt)) / 2    (the mean slope of both ends)
-    Second order: error ~ 1 / steps^2, for a second network evaluation per step."""
+    """Heun (the explicit trapezoid rule), given u = u(x_t, t): an Euler step to x', then x_{t+dt} = x_t + dt times the
+    mean slope of both ends, (u(x_t, t) + u(x', t + dt)) / 2. Second order: error ~ 1 / steps^2, for a second NFE."""
     x_pred = euler_step(x, dt, u)
     return x + dt * (u + u_fn(x_pred, t + dt)) / 2
 
 def clip_x1(u_fn):
-    """u_fn with its x_1 prediction clipped to the data range [0, 1] (the flow form of DDPM's clip_denoised):
-        x1_hat = clamp(x_t + (1 - t) u, 0, 1),   u' = (x1_hat - x_t) / (1 - t)
-    u is kept where the predicted digit is in range; elsewhere the step aims at the nearest valid pixel, not past it
-    (as guidance, w > 1, would). At t = 1 nothing is left to predict: u as it is. It changes the ODE: [0, 1] only."""
+    """u_fn with its x_1 clipped to [0, 1] (DDPM's clip_denoised): x1_hat = clamp(x_t + (1 - t) u, 0, 1),
+    u' = (x1_hat - x_t) / (1 - t). Where x_1 overshoots (as guidance makes it), the step aims at the nearest valid
+    pixel; u is kept elsewhere, and at t = 1, where nothing is left to predict."""
     def u_clipped(x, t):
         u = u_fn(x, t)
         if t >= 1:
@@ -225,12 +221,10 @@ def clip_x1(u_fn):
 @torch.no_grad()
 def flow_sample(u_fn, x_0, sampler, steps):
     """Solve dx/dt = u(x, t) from the noise x_0 at t = 0 to the digit x_1 at t = 1 in `steps` equal Euler or Heun
-    steps; u_fn(x, t) -> velocity, t a Python float (clip_x1 clips; to_uint8 clamps the frames, not x). Returns x_1
-    (B, 1, 28, 28), the t visited (steps + 1,) from 0.0 to 1.0, and every x_t as uint8 frames (steps + 1, B, 1, 28, 28).
-    Heun's last step is an Euler step, as in Karras et al. 2022 (EDM, Algorithm 1; their sigma = 0 is our t = 1):
-    for digits the velocity jumps at t = 1. Just before, u = (x_1 - x_t) / (1 - t) points at a digit; at t = 1 the
-    noise is gone and the best guess of u = x_1 - x_0 is x_t - E[x_0] = x_t, the image itself, which a corrector
-    there would average in (0 / 0 for the exact u of a point mass); few-step samples suffer most (RESULTS.md)."""
+    steps; u_fn(x, t), t a Python float. Returns x_1 (B, 1, 28, 28) (unclamped), the t visited (steps + 1,), and every
+    x_t as uint8 frames (steps + 1, B, 1, 28, 28). Heun's last step is Euler's, as in EDM (Karras et al. 2022): at t = 1
+    the best guess of u = x_1 - x_0 is x_t - E[x_0] = x_t, not the u that pointed at the digit just before; a corrector
+    there would average that jump in (RESULTS.md)."""
     ts = flow_timesteps(steps)
     x, frames = x_0, [to_uint8(x_0).cpu()]
     for t, t_next in zip(ts[:-1].tolist(), ts[1:].tolist()):
@@ -253,9 +247,8 @@ def flow_loss(model, x1, scale):
 # --- shared: EMA ---
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
-    """theta_ema <- d theta_ema + (1 - d) theta,  d = min(decay, (1 + step) / (10 + step)). The warm-up soon forgets
-    the random initial weights, but d reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,990 for 0.999,
-    in epoch 20 at 469 steps per epoch. Until then the warm-up, not --ema-decay, sets how long the average is."""
+    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): a warm-up that forgets the
+    initial weights, and reaches --ema-decay only at step (10 decay - 1) / (1 - decay) (8,990 for 0.999: epoch 20)."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
@@ -285,8 +278,7 @@ def main(argv=None):
 
     # train: the whole set on the device, shuffled batches (no DataLoader); a checkpoint after every epoch
     if not args.sample_only and run["epoch"] < args.epochs:
-        images, _ = load_mnist(args.data_dir, train=True, limit=args.limit)
-        x_all = to_model_range(images).to(device)                 # (N, 1, 28, 28), the digits x_1
+        x_all = load_mnist(args.data_dir, train=True, limit=args.limit)[0].to(device)  # (N, 1, 28, 28): the x_1
         print(f"training on {len(x_all)} digits")
         step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1  # step: optimizer steps so far
         for epoch in range(first, args.epochs + 1):
@@ -317,7 +309,7 @@ def main(argv=None):
     x_1, ts, frames = flow_sample(u_fn, x_0, args.sampler, args.steps)
     label = f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}" + (", x_1 clipped" if args.clip else "")
     print(f"sample: {len(x_1)} digits, {label}, in {time.time() - t0:.1f} s")
-    save_grid(to_unit_range(x_1), os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}")
+    save_grid(x_1, os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}")
     first_row = frames[:, :8]                                     # (steps + 1, 8, 1, 28, 28): the grid's first row
     plot_strip(first_row, ts, os.path.join(args.out_dir, "strip.png"), f"{SCRIPT}: noise to digits ({label})")
     save_atomic({"frames": frames, "t": ts, "y": None, "nrow": 8}, os.path.join(args.out_dir, "trajectory.pt"))
@@ -328,17 +320,15 @@ def main(argv=None):
         t0, xs = time.time(), []
         for i in range(0, args.n_samples, 500):
             noise = torch.randn(min(500, args.n_samples - i), 1, 28, 28, generator=gen).to(device)
-            xs.append(to_unit_range(flow_sample(u_fn, noise, args.sampler, args.steps)[0]).cpu())
-        save_samples(torch.cat(xs), None, args, run, os.path.join(args.out_dir, "samples.pt"))
+            xs.append(flow_sample(u_fn, noise, args.sampler, args.steps)[0].clamp(0, 1).cpu())  # x_1 in [0, 1]
+        save_atomic({"x": torch.cat(xs), "y": None, "config": vars(args), "epoch": run["epoch"]},
+                    os.path.join(args.out_dir, "samples.pt"))  # for evaluate.py
         print(f"sample: {args.n_samples} digits, {label}, in {time.time() - t0:.1f} s -> samples.pt")
     print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
 
-
 # =================================================================================================
-# Plumbing: identical in every script, skip on a first read. Flag checks, errors, device, MNIST
-# files, checkpoints and resume, RNG state, the training loop's bookkeeping, plots.
-# =================================================================================================
-# --- shared: flag types ---
+# Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
+# --- shared: flags and errors ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
     def parse(text):
@@ -353,26 +343,15 @@ def number(kind, lo, hi=math.inf, lo_included=True):
         return value
     return parse
 
-# --- shared: given flags ---
-def parse_flags(ap, argv):
-    """The flags, and the names of those given on the command line whatever their value: parsed again into a
-    namespace that already holds a marker for every flag, so that defaults are not filled in."""
-    args, unset = ap.parse_args(argv), object()
-    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
-    return args, {k for k, v in vars(again).items() if v is not unset}
-
-# --- shared: errors ---
 def die(msg, code=2):
     """A user error: one clear line on stderr, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
-# --- shared: device ---
+# --- shared: device and MNIST ---
 def pick_device(name):
     """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
     if name == "auto":
-        mps = torch.backends.mps.is_available()
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
         if name.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(name)
@@ -380,17 +359,13 @@ def pick_device(name):
     except Exception:
         die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
 
-# --- shared: data ---
-IDX_NAMES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
 def find_idx_files(data_dir, train):
-    """Paths of the IDX image and label files, or None: torchvision's layout (DIR/MNIST/raw/...), a plain folder
-    of the four files, or the Kaggle download (dotted names such as train-images.idx3-ubyte, often in archive/)."""
+    """The IDX image and label paths, or None: in DIR/MNIST/raw (torchvision), DIR, or Kaggle's (dotted, archive/)."""
+    names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for names in (IDX_NAMES[train], [n.replace("-idx", ".idx") for n in IDX_NAMES[train]]):
-            paths = [os.path.join(data_dir, folder, n) for n in names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, names)]  # Kaggle's folders
+        for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
+            paths = [os.path.join(data_dir, folder, n) for n in file_names]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]  # Kaggle's
             if all(os.path.isfile(p) for p in paths):
                 return paths
 
@@ -408,7 +383,7 @@ def read_idx(path, ndim):
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0):
-    """MNIST as uint8 images (N, 28, 28) and int64 labels (N,); the first `limit` digits only if limit > 0."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, and int64 labels (N,); `limit`: the first N."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -424,21 +399,7 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return (images[:limit], labels[:limit]) if limit else (images, labels)
-
-def to_model_range(images_uint8):
-    """uint8 0..255 (N, 28, 28) -> float in [0, 1] (N, 1, 28, 28), the range the model sees."""
-    return images_uint8.unsqueeze(1).float().div(255)
-
-# --- shared: saved pixels ---
-def to_unit_range(x):
-    """Model output -> [0, 1] for saving and plotting: clamped, since samples can overshoot."""
-    return x.clamp(0, 1)
-
-def to_uint8(x):
-    """[0, 1] -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
-    return (to_unit_range(x) * 255).round().to(torch.uint8)
-
+    return images[:limit or None].unsqueeze(1).float().div(255), labels[:limit or None]  # limit 0: all
 # --- shared: atomic save ---
 def save_atomic(obj, path):
     """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
@@ -453,8 +414,13 @@ def save_atomic(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
+# --- shared: run safety ---
+def parse_flags(ap, argv):
+    """The flags, and the names of those on the command line: parsed again over a marker for each, no default set."""
+    args, unset = ap.parse_args(argv), object()
+    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return args, {k for k, v in vars(again).items() if v is not unset}
 
-# --- shared: out dir ---
 def prepare_out_dir(out_dir, continuing):
     """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
     try:
@@ -468,6 +434,48 @@ def prepare_out_dir(out_dir, continuing):
         die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, or another --out-dir")
     return ckpt_path
 
+def rng_state(device):
+    """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
+    gpu = {"cuda": torch.cuda.get_rng_state_all, "mps": torch.mps.get_rng_state}.get(device.type)
+    return {"cpu": torch.get_rng_state(), **({device.type: gpu()} if gpu else {})}
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type in ("cuda", "mps") and state.get(device.type) is not None:
+        {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type](state[device.type])
+
+class EpochLog:
+    """One epoch's bookkeeping: progress bar, Ctrl-C, and a NaN check every 25 steps (the only host sync), before a
+    checkpoint holds the loss. On a clean exit the losses join run["loss_history"], and .seconds is set."""
+    def __init__(self, run, epoch, epochs, n_images):
+        self.run, self.epoch, self.losses, self.t0, self.left = run, epoch, [], time.time(), n_images
+        self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
+
+    def __enter__(self):
+        return self
+
+    def step(self, loss, n_images):
+        self.losses.append(loss.detach())
+        self.bar.update(n_images)
+        self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
+        if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
+            raise KeyboardInterrupt
+        if len(self.losses) % 25 == 0 or self.left <= 0:  # one host sync every 25 steps, and at the epoch's end
+            losses = torch.stack(self.losses)
+            bad = (~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                self.bar.close()  # else the bar redraws itself after the error line
+                last, step = self.run["epoch"], bad[0].item()
+                kept = f"ckpt.pt still holds epoch {last}, the last good one" if last else "no checkpoint was written"
+                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: training stopped; "
+                    f"{kept} (a lower --lr may help)")
+            self.bar.set_postfix(loss=f"{losses[-25:].mean().item():.4f}")
+
+    def __exit__(self, error, *_):
+        self.bar.close()  # also on Ctrl-C, before the one-line message (a bar closed later would print after it)
+        if error is None:
+            self.run["loss_history"] = torch.cat([self.run["loss_history"], torch.stack(self.losses).cpu()])
+            self.run["epoch"], self.seconds = self.epoch, time.time() - self.t0
 # --- shared: checkpoints ---
 def open_run(args, given, script, train_keys):
     """ckpt.pt's path, and for --resume or --sample-only the checkpoint (--ckpt, else ckpt.pt; None for a new run),
@@ -514,11 +522,10 @@ def restore_run(ckpt, model, ema, opt, device, out_dir):
             set_rng_state(ckpt["rng"], device)
     except (KeyError, RuntimeError, ValueError) as e:
         die(f"the checkpoint for {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
-    run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
     snap_path = os.path.join(out_dir, "snapshots.pt")
-    if os.path.exists(snap_path):
-        grids = torch.load(snap_path, weights_only=True)["grids"]
-        run["snapshots"] = {e: g for e, g in grids.items() if e <= run["epoch"]}
+    grids = torch.load(snap_path, weights_only=True)["grids"] if os.path.exists(snap_path) else {}
+    run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
+    run["snapshots"] = {e: g for e, g in grids.items() if e <= run["epoch"]}
     return run
 
 def save_run(run, model, ema, opt, args, device, path, script):
@@ -526,65 +533,23 @@ def save_run(run, model, ema, opt, args, device, path, script):
     save_atomic({"script": script, "config": vars(args), "epoch": run["epoch"], "model": model.state_dict(),
                  "ema": ema.state_dict(), "opt": opt.state_dict(), "loss_history": run["loss_history"],
                  "rng": rng_state(device)}, path)
-
-# --- shared: RNG state ---
-def rng_state(device):
-    """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
-    gpu = {"cuda": torch.cuda.get_rng_state_all, "mps": torch.mps.get_rng_state}.get(device.type)
-    return {"cpu": torch.get_rng_state(), **({device.type: gpu()} if gpu else {})}
-
-def set_rng_state(state, device):
-    torch.set_rng_state(state["cpu"])
-    if device.type in ("cuda", "mps") and state.get(device.type) is not None:
-        {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type](state[device.type])
-
-# --- shared: epoch log ---
-class EpochLog:
-    """One epoch's bookkeeping: progress bar, Ctrl-C, and a NaN check every 25 steps (the only host sync), before a
-    checkpoint holds the loss. On a clean exit the losses join run["loss_history"], and .seconds is set."""
-
-    def __init__(self, run, epoch, epochs, n_images):
-        self.run, self.epoch, self.losses, self.t0, self.left = run, epoch, [], time.time(), n_images
-        self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
-
-    def __enter__(self):
-        return self
-
-    def step(self, loss, n_images):
-        self.losses.append(loss.detach())
-        self.bar.update(n_images)
-        self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
-        if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
-            raise KeyboardInterrupt
-        if len(self.losses) % 25 == 0 or self.left <= 0:  # one host sync every 25 steps, and at the epoch's end
-            losses = torch.stack(self.losses)
-            bad = (~torch.isfinite(losses)).nonzero()
-            if len(bad):
-                self.bar.close()  # else the bar redraws itself after the error line
-                last, step = self.run["epoch"], bad[0].item()
-                kept = f"ckpt.pt still holds epoch {last}, the last good one" if last else "no checkpoint was written"
-                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: training stopped; "
-                    f"{kept} (a lower --lr may help)")
-            self.bar.set_postfix(loss=f"{losses[-25:].mean().item():.4f}")
-
-    def __exit__(self, error, *_):
-        self.bar.close()  # also on Ctrl-C, before the one-line message (a bar closed later would print after it)
-        if error is None:
-            self.run["loss_history"] = torch.cat([self.run["loss_history"], torch.stack(self.losses).cpu()])
-            self.run["epoch"], self.seconds = self.epoch, time.time() - self.t0
-
-# --- shared: snapshots ---
+# --- shared: snapshots and loss ---
 def save_snapshot(run, epoch, x, y, out_dir, row_labels, title):
     """The grid of samples x after an epoch: a PNG, and all grids so far in snapshots.pt (make_gif.py --progress)."""
     run["snapshots"][epoch] = to_uint8(x).cpu()
-    save_grid(to_unit_range(x), os.path.join(out_dir, f"samples_epoch{epoch:03d}.png"), 8, title, row_labels)
+    save_grid(x, os.path.join(out_dir, f"samples_epoch{epoch:03d}.png"), 8, title, row_labels)
     save_atomic({"grids": run["snapshots"], "y": None if y is None else y.cpu()}, os.path.join(out_dir, "snapshots.pt"))
 
-# --- shared: samples file ---
-def save_samples(x, y, args, run, path):
-    """samples.pt for evaluate.py: x (N, 1, 28, 28) in [0, 1], labels y (N,) or None, the flags and the epoch."""
-    save_atomic({"x": x, "y": y, "config": vars(args), "epoch": run["epoch"]}, path)
-
+def plot_loss(losses, path, title):
+    """Per-step loss (light) and its moving average (dark), log scale."""
+    k = max(1, len(losses) // 100)  # the moving average's window
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(losses.numpy(), alpha=0.3, lw=0.5, label="per step")
+    ax.plot(range(k - 1, len(losses)), losses.unfold(0, k, 1).mean(1).numpy(), lw=1.5, label=f"mean of {k} steps")
+    ax.set(yscale="log", xlabel="step", ylabel="MSE loss", title=title)
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
     """x01 (N, 1, H, W) in [0, 1] -> one (H', W') image, nrow digits per row, white `pad` pixels around each:
@@ -596,52 +561,38 @@ def image_grid(x01, nrow, pad=2):
     cells = F.pad(cells, (pad, 0, pad, 0), value=1)  # a border above and left of each cell
     grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
     return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
-
-# --- shared: plot grid ---
-def save_grid(x01, path, nrow, title, row_labels=None, col_labels=None):
-    """x01 (N, 1, 28, 28) in [0, 1] -> one PNG of a grid, nrow images per row, labelled by row and column."""
-    rows = math.ceil(len(x01) / nrow)
+# --- shared: grids and uint8 ---
+def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
+    """x (N, 1, 28, 28), clamped to [0, 1] -> one PNG of a grid, nrow images per row, labelled by row and column."""
+    rows = math.ceil(len(x) / nrow)
     fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
-    ax.imshow(image_grid(x01.float().cpu(), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=6)
     ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [], fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
-# --- shared: plot loss ---
-def plot_loss(losses, path, title):
-    """Per-step loss (light) and its moving average (dark), log scale."""
-    k = max(1, len(losses) // 100)
-    smooth = losses.unfold(0, k, 1).mean(1) if len(losses) >= k else losses
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(losses.numpy(), alpha=0.3, lw=0.5, label="per step")
-    ax.plot(range(k - 1, k - 1 + len(smooth)), smooth.numpy(), lw=1.5, label=f"mean of {k} steps")
-    ax.set(yscale="log", xlabel="step", ylabel="MSE loss", title=title)
-    ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
+def to_uint8(x):
+    """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 # --- shared: plot strip ---
 def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
-    """The reverse process, uint8 frames (steps + 1, rows, 1, 28, 28): a row per digit, columns from the first
-    step (noise) to the last (the digit); a short run shows each step once."""
+    """The reverse process, uint8 frames (steps + 1, rows, 1, 28, 28): a row per digit, n_cols steps, noise to digit."""
     cols = torch.linspace(0, len(ts) - 1, min(n_cols, len(ts))).round().long()
     x01 = frames[cols].transpose(0, 1).flatten(0, 1).float() / 255  # (rows * cols, 1, 28, 28), row after row
     save_grid(x01, path, len(cols), title, row_labels, [f"t={ts[i].item():g}" for i in cols.tolist()])
-
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
+    whole = "the files written are whole, and a training run continues from its last finished epoch with --resume"
     try:
         main()
     except KeyboardInterrupt:
-        die("interrupted (Ctrl-C); files already written are whole, and a training run continues "
-            "from its last finished epoch with --resume", 130)
+        die(f"interrupted (Ctrl-C); {whole}", 130)
     except OSError as e:
-        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
-            f"written are whole, and a training run continues from its last finished epoch with --resume")
+        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; {whole}")
 
 ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
 
@@ -651,7 +602,6 @@ def on_ctrl_c(signum, frame):
     global ctrl_c_pressed
     ctrl_c_pressed = True
     raise KeyboardInterrupt
-
 
 if __name__ == "__main__":
     run_main(main)

@@ -252,12 +252,9 @@ def load_snapshots(run_dir):
     check_meta(y, nrow, len(next(iter(grids.values()))), path)
     return grids, y, nrow
 
-
 # =================================================================================================
-# Plumbing: identical in every script, skip on a first read. Flag checks, errors, device, MNIST
-# files, checkpoints and resume, RNG state, the training loop's bookkeeping, plots.
-# =================================================================================================
-# --- shared: flag types ---
+# Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
+# --- shared: flags and errors ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
     def parse(text):
@@ -272,24 +269,21 @@ def number(kind, lo, hi=math.inf, lo_included=True):
         return value
     return parse
 
-# --- shared: errors ---
 def die(msg, code=2):
     """A user error: one clear line on stderr, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
     signal.signal(signal.SIGINT, on_ctrl_c)
+    whole = "the files written are whole, and a training run continues from its last finished epoch with --resume"
     try:
         main()
     except KeyboardInterrupt:
-        die("interrupted (Ctrl-C); files already written are whole, and a training run continues "
-            "from its last finished epoch with --resume", 130)
+        die(f"interrupted (Ctrl-C); {whole}", 130)
     except OSError as e:
-        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; the files already "
-            f"written are whole, and a training run continues from its last finished epoch with --resume")
+        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; {whole}")
 
 ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
 
@@ -299,7 +293,6 @@ def on_ctrl_c(signum, frame):
     global ctrl_c_pressed
     ctrl_c_pressed = True
     raise KeyboardInterrupt
-
 
 if __name__ == "__main__":
     run_main(main)

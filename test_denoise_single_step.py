@@ -95,8 +95,8 @@ def test_eval_only_reproduces_the_psnr(tiny_run, tmp_path):
 
 # --- definitions -----------------------------------------------------------------------------------
 def test_noise_and_pixel_range(tiny_mnist):
-    images, _ = dss.load_mnist(tiny_mnist, train=False)
-    x = dss.to_model_range(images)
+    x, _ = dss.load_mnist(tiny_mnist, train=False)
+    images = dss.read_idx(dss.find_idx_files(tiny_mnist, train=False)[0], 3)  # the uint8 pixels p in the file
     assert x.shape == (256, 1, 28, 28) and x.min() == 0 and x.max() == 1  # the fake digits span 0..255
     assert torch.equal(x * 255, images.unsqueeze(1).float())
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
@@ -141,7 +141,7 @@ def test_training_target_is_the_clean_image_with_fresh_noise(tiny_mnist, tmp_pat
 
     def same_digit(data_dir, train=True, limit=0):  # every training pixel 51 / 255 = 0.2: each batch is 0.2 + 0.5 eps
         images, labels = real_load(data_dir, train, limit)
-        return (torch.full_like(images, 51) if train else images), labels
+        return (torch.full_like(images, 51) / 255 if train else images), labels
 
     monkeypatch.setattr(dss, "UnconditionalUNet", Zero)
     monkeypatch.setattr(dss, "load_mnist", same_digit)
@@ -319,7 +319,7 @@ def test_pure_noise_outputs_approach_the_mean_digit(pure_run):
     out, _, data_dir = pure_run
     model = dss.UnconditionalUNet(8)
     model.load_state_dict(torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)["model"])
-    x = dss.to_model_range(dss.load_mnist(data_dir, train=True)[0])
+    x = dss.load_mnist(data_dir, train=True)[0]
     mean = x.mean(0)                                                      # (1, 28, 28)
     with torch.no_grad():
         y = model.eval()(torch.randn(200, 1, 28, 28, generator=torch.Generator().manual_seed(5))).clamp(0, 1)

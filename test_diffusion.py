@@ -186,8 +186,8 @@ def test_labels_dropped_per_sample(tiny_mnist):
             return super().forward(x, t, y)
     args, _ = ddpm_class.get_args(["--channels", "8", "8", "8", "--batch-size", "256"])
     model = Spy(args.channels, n_classes=11)
-    images, labels = ddpm_class.load_mnist(tiny_mnist)
-    x_all = ddpm_class.to_model_range(images).repeat(20, 1, 1, 1)       # 10240 digits, 40 batches
+    x_all, labels = ddpm_class.load_mnist(tiny_mnist)
+    x_all = x_all.repeat(20, 1, 1, 1)                                   # 10240 digits, 40 batches
     y_all = labels.repeat(20)
     sched = ddpm_class.make_schedule(args.T, args.schedule, "cpu")
     with torch.no_grad():  # the loss of every training batch, as main()'s loop computes it
@@ -201,13 +201,13 @@ def test_labels_dropped_per_sample(tiny_mnist):
 
 # --- data range -------------------------------------------------------------------------------
 def test_data_range(tiny_mnist):
-    images, labels = ddpm_time.load_mnist(tiny_mnist, train=True)
-    assert images.dtype == torch.uint8 and images.shape == (512, 28, 28) and labels.max() == 9
-    x = ddpm_time.to_model_range(images)
-    assert x.shape == (512, 1, 28, 28) and x.min() == 0 and x.max() == 1  # the fake digits span 0..255
+    x, labels = ddpm_time.load_mnist(tiny_mnist, train=True)
+    images = ddpm_time.read_idx(ddpm_time.find_idx_files(tiny_mnist, train=True)[0], 3)  # the uint8 pixels p
+    assert images.shape == (512, 28, 28) and labels.max() == 9
+    assert x.dtype == torch.float32 and x.shape == (512, 1, 28, 28) and x.min() == 0 and x.max() == 1  # 0..255
     assert torch.equal(x * 255, images.unsqueeze(1).float())                 # x = p / 255 exactly
-    assert torch.equal(ddpm_time.to_unit_range(x), x)                         # saved as it is
-    assert ddpm_time.to_unit_range(torch.tensor([-3.0, 3.0])).tolist() == [0, 1]  # clamped
+    assert torch.equal(ddpm_time.to_uint8(x), images.unsqueeze(1))           # and back, exactly
+    assert ddpm_time.to_uint8(torch.tensor([-3.0, 0.5, 3.0])).tolist() == [0, 128, 255]  # clamped, rounded
 
 
 # --- resume -------------------------------------------------------------------------------------

@@ -140,8 +140,7 @@ MAX_LINES = {f: 620 for f in MODELS}
 MAX_LINES.update({"compare_schedules.py": 680, "denoise_single_step.py": 680, "edit.py": 680})
 MAX_TAIL, MAX_HEADER = 280, 35
 # Still over issue #26's limits (lines, tail lines): a ratchet, so that they only shrink until they meet them.
-STILL_OVER = {"ddpm_time.py": (661, 321), "flow_time.py": (657, 321), "ddpm_class.py": (711, 330),
-              "flow_class.py": (710, 330), "compare_schedules.py": (825, 316)}
+STILL_OVER = {"ddpm_class.py": (660, 286), "flow_class.py": (656, 286), "compare_schedules.py": (782, 280)}
 
 
 def tail_start(f):

@@ -107,7 +107,7 @@ def test_sample_only_after_training(trained_run, tmp_path):
 @pytest.mark.parametrize("layout", ["archive", "nested"])
 def test_kaggle_layout_loads(layout, tmp_path):
     """The Kaggle download: dotted names inside archive/, or each file inside a folder of its own
-    name, are found and read (the data block is shared, so one script's copy stands for all)."""
+    name, are found and read (the MNIST block is shared, so one script's copy stands for all)."""
     import ddpm_time
     if layout == "archive":
         make_mnist_dir(str(tmp_path / "archive"), n_train=256, dotted=True)
@@ -117,8 +117,8 @@ def test_kaggle_layout_loads(layout, tmp_path):
             os.makedirs(tmp_path / name)
             shutil.move(str(tmp_path / "flat" / name), str(tmp_path / name / name))
     images, labels = ddpm_time.load_mnist(str(tmp_path), train=True)
-    assert images.shape == (256, 28, 28) and labels.shape == (256,)
-    assert ddpm_time.load_mnist(str(tmp_path), train=False)[0].shape == (256, 28, 28)
+    assert images.shape == (256, 1, 28, 28) and labels.shape == (256,)
+    assert ddpm_time.load_mnist(str(tmp_path), train=False)[0].shape == (256, 1, 28, 28)
 
 
 def test_our_idx_reader_and_grid_match_torchvision(tmp_path):
