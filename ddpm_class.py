@@ -207,7 +207,7 @@ class UNet(nn.Module):
 def guided_eps_fn(model, y, w, sched, guide_from=0.0):
     """eps(x_t, t) = eps_u + w (eps_c - eps_u) for the digits y (B,): one forward pass on a doubled batch. w > 1 only
     where the signal share sqrt(ab) / (sqrt(ab) + sqrt(1 - ab)), ab = alpha_bar_t, is >= guide_from; min(w, 1) before.
-    Off by default here: this model needs the early guidance to draw the digit asked for (RESULTS.md, "Guidance")."""
+    The interval is off here (guide_from = 0): this model needs early guidance to draw the digit asked (RESULTS.md)."""
     y2 = torch.cat([y, torch.full_like(y, NULL)])                 # (2B,): the labels, then "no label"
 
     def eps_fn(x, t):
@@ -268,8 +268,8 @@ def sample(eps_fn, x_T, sched, sampler, steps, gen):
 
 # --- training step: the DDPM loss with labels dropped for guidance ------------------------------
 def ddpm_loss_cfg(model, x0, y, sched, p_uncond):
-    """|| eps - eps_theta(x_t, t, y') ||^2 for digits x_0 (B, 1, 28, 28) in [0, 1], labels y (B,), t ~ U{1..T}; y' = NULL
-    for a fraction p_uncond, per sample: one network learns eps(x_t, t, y) and eps(x_t, t), for guidance."""
+    """|| eps - eps_theta(x_t, t, y') ||^2 for digits x_0 (B, 1, 28, 28) in [0, 1], labels y (B,), t ~ U{1..T};
+    y' = NULL for a fraction p_uncond, per sample: one network learns eps(x_t, t, y) and eps(x_t, t), for guidance."""
     T = len(sched["beta"]) - 1
     t = torch.randint(1, T + 1, (len(x0),), device=x0.device)     # t ~ U{1..T}
     eps = torch.randn_like(x0)
@@ -281,7 +281,8 @@ def ddpm_loss_cfg(model, x0, y, sched, p_uncond):
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
     """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): a warm-up that forgets the
-    initial weights, and reaches --ema-decay only at step (10 decay - 1) / (1 - decay) (8,990 for 0.999: epoch 20)."""
+    initial weights, and reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,990 for 0.999, epoch 20 at
+    batch 128. Until then the warm-up, not --ema-decay, sets how long the average is."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
@@ -429,7 +430,7 @@ def read_idx(path, ndim):
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, and int64 labels (N,); `limit`: the first N."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -630,11 +631,11 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
     save_grid(x01, path, len(cols), title, row_labels, [f"t={ts[i].item():g}" for i in cols.tolist()])
 # --- shared: plot guidance ---
 def plot_guidance(grids, path, row_labels, ncol, title):
-    """{w: x01 (rows * ncol, 1, 28, 28)} -> one PNG: a panel of ncol columns per guidance scale w, blanks between."""
+    """{w: x (rows * ncol, 1, 28, 28)} -> one PNG (save_grid clamps): a panel of ncol columns per w, blanks between."""
     rows, blank = len(row_labels), torch.ones(len(row_labels), 1, 1, 28, 28)
-    x01 = torch.cat([torch.cat([x.view(rows, ncol, 1, 28, 28), blank], 1) for x in grids.values()], 1)[:, :-1]
+    panels = torch.cat([torch.cat([x.view(rows, ncol, 1, 28, 28), blank], 1) for x in grids.values()], 1)[:, :-1]
     col_labels = [f"w={w:g}" if c == (ncol - 1) // 2 else "" for w in grids for c in range(ncol + 1)][:-1]
-    save_grid(x01.flatten(0, 1), path, (ncol + 1) * len(grids) - 1, title, row_labels, col_labels)
+    save_grid(panels.flatten(0, 1), path, (ncol + 1) * len(grids) - 1, title, row_labels, col_labels)
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""

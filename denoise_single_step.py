@@ -473,7 +473,7 @@ def read_idx(path, ndim):
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, and int64 labels (N,); `limit`: the first N."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it

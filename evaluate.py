@@ -46,7 +46,7 @@ Conventions:
     the generating scripts also "config" (the flags that made it: its sampler and steps are printed)
     and "epoch". A run folder stands for FOLDER/samples.pt.
     pixels: the classifier sees [0, 1] as well, like the generating models: MNIST uint8 p becomes p / 255
-    (load_mnist, from the shared MNIST block).
+    (load_mnist, from the shared device and MNIST block).
     Bad input (missing file, not a samples dict, wrong shape or range, bad labels, no MNIST data):
     one line on stderr and exit code 2.
 Writes: the table (or --json) on stdout, and the classifier cache when it trains one.
@@ -454,7 +454,7 @@ def read_idx(path, ndim):
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, and int64 labels (N,); `limit`: the first N."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it

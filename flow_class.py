@@ -261,8 +261,8 @@ def flow_sample(u_fn, x_0, sampler, steps):
 
 # --- training step: the flow loss with labels dropped for guidance ------------------------------
 def flow_loss_cfg(model, x1, y, scale, p_uncond):
-    """|| u - u_theta(x_t, t, y') ||^2 for digits x_1 (B, 1, 28, 28) in [0, 1], labels y (B,), x_0 ~ N(0, I), t ~ U[0, 1),
-    u = x_1 - x_0; y' = NULL for a fraction p_uncond, per sample: one network learns u(x_t, t, y) and u(x_t, t)."""
+    """|| u - u_theta(x_t, t, y') ||^2 for digits x_1 (B, 1, 28, 28) in [0, 1], labels y (B,), x_0 ~ N(0, I),
+    t ~ U[0, 1), u = x_1 - x_0; y' = NULL for a fraction p_uncond, per sample, so one network learns u_c and u_u."""
     x0 = torch.randn_like(x1)
     t = torch.rand(len(x1), device=x1.device)                     # t ~ U[0, 1)
     drop = torch.rand(len(y), device=y.device) < p_uncond         # per sample, not per batch
@@ -273,7 +273,8 @@ def flow_loss_cfg(model, x1, y, scale, p_uncond):
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
     """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): a warm-up that forgets the
-    initial weights, and reaches --ema-decay only at step (10 decay - 1) / (1 - decay) (8,990 for 0.999: epoch 20)."""
+    initial weights, and reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,990 for 0.999, epoch 20 at
+    batch 128. Until then the warm-up, not --ema-decay, sets how long the average is."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
@@ -425,7 +426,7 @@ def read_idx(path, ndim):
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, and int64 labels (N,); `limit`: the first N."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -626,11 +627,11 @@ def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
     save_grid(x01, path, len(cols), title, row_labels, [f"t={ts[i].item():g}" for i in cols.tolist()])
 # --- shared: plot guidance ---
 def plot_guidance(grids, path, row_labels, ncol, title):
-    """{w: x01 (rows * ncol, 1, 28, 28)} -> one PNG: a panel of ncol columns per guidance scale w, blanks between."""
+    """{w: x (rows * ncol, 1, 28, 28)} -> one PNG (save_grid clamps): a panel of ncol columns per w, blanks between."""
     rows, blank = len(row_labels), torch.ones(len(row_labels), 1, 1, 28, 28)
-    x01 = torch.cat([torch.cat([x.view(rows, ncol, 1, 28, 28), blank], 1) for x in grids.values()], 1)[:, :-1]
+    panels = torch.cat([torch.cat([x.view(rows, ncol, 1, 28, 28), blank], 1) for x in grids.values()], 1)[:, :-1]
     col_labels = [f"w={w:g}" if c == (ncol - 1) // 2 else "" for w in grids for c in range(ncol + 1)][:-1]
-    save_grid(x01.flatten(0, 1), path, (ncol + 1) * len(grids) - 1, title, row_labels, col_labels)
+    save_grid(panels.flatten(0, 1), path, (ncol + 1) * len(grids) - 1, title, row_labels, col_labels)
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""

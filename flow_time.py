@@ -248,7 +248,8 @@ def flow_loss(model, x1, scale):
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
     """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): a warm-up that forgets the
-    initial weights, and reaches --ema-decay only at step (10 decay - 1) / (1 - decay) (8,990 for 0.999: epoch 20)."""
+    initial weights, and reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,990 for 0.999, epoch 20 at
+    batch 128. Until then the warm-up, not --ema-decay, sets how long the average is."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
@@ -383,7 +384,7 @@ def read_idx(path, ndim):
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, and int64 labels (N,); `limit`: the first N."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it

@@ -107,7 +107,7 @@ def test_sample_only_after_training(trained_run, tmp_path):
 @pytest.mark.parametrize("layout", ["archive", "nested"])
 def test_kaggle_layout_loads(layout, tmp_path):
     """The Kaggle download: dotted names inside archive/, or each file inside a folder of its own
-    name, are found and read (the MNIST block is shared, so one script's copy stands for all)."""
+    name, are found and read (the device and MNIST block is shared, so one script's copy stands for all)."""
     import ddpm_time
     if layout == "archive":
         make_mnist_dir(str(tmp_path / "archive"), n_train=256, dotted=True)
