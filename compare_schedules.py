@@ -6,7 +6,6 @@ Papers: Ho, Jain, Abbeel 2020 (DDPM, linear schedule), https://arxiv.org/abs/200
     python compare_schedules.py                                # both schedules, 4 epochs each (its time: RESULTS.md)
     python compare_schedules.py --data-dir ~/mnist --resume    # MNIST on disk; continue a killed run
     python compare_schedules.py --resume --sampler ddim --steps 50   # sample the trained models again, no training
-    python compare_schedules.py --schedules linear --epochs 1  # one schedule only
     python evaluate.py runs/compare_schedules/linear/samples.pt runs/compare_schedules/cosine/samples.pt
 
 Only the schedule differs: each schedule's run starts from torch.manual_seed(seed) (the same initial weights, batch
@@ -17,21 +16,16 @@ Math (t in {1..T}, 1-indexed; x_0 is a digit, x_T is noise; the model, loss and 
     alpha_bar_t = prod_{s<=t} (1 - beta_s),   q(x_t | x_0) = N( sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I )
     log-SNR(t) = log( alpha_bar_t / (1 - alpha_bar_t) )
     L_T = KL( q(x_T | x_0) || N(0, I) ) = 1/2 [ ab ||x_0||^2 - D (ab + log(1 - ab)) ],  ab = alpha_bar_T, D = 784
-The signal left at t = T is sqrt(alpha_bar_T): 0.219 for linear at T = 300, 0.0002 for cosine. Training shows the
-model x_T ~ q(x_T | x_0), sampling starts it from N(0, I): L_T, the prior term of the DDPM bound that training
-ignores, measures the gap (0 for cosine), and so does x_T along the mean digit (schedules.png). The loss curves are
-not comparable (each schedule puts the T noise levels elsewhere): compare the samples (evaluate.py).
+Training shows the model x_T ~ q(x_T | x_0), sampling starts it from N(0, I): L_T, the prior term of the DDPM bound
+that training ignores, measures the gap (sqrt(alpha_bar_T) is 0.219 for linear at T = 300, 0.0002 for cosine), and so
+does x_T along the mean digit (x_T.m in the table). The losses are not comparable: compare the samples (evaluate.py).
 Conventions (ddpm_time.py's): pixels uint8 0..255 -> x = p / 255 in [0, 1]; saved in [0, 1] or uint8. Sampling runs
-    t = T, ..., 1, no noise at the last step (t = 1); every step clips its x_0 to [0, 1]. That matters here: cosine's
-    beta_T = 0.999, so unclipped, the first DDPM step turns a 0.03 eps error into 0.9 of noise (white blobs,
-    RESULTS.md). The x_T statistics run on the CPU, in float64 (mps has none).
-Writes to --out-dir (default runs/compare_schedules), atomically: schedules.png (alpha_bar, log-SNR, x_T along the
-    mean digit), forward.png (a digit at the same t under each schedule), loss.png, samples.png, results.json (the
-    table, its flags); per schedule NAME/ckpt.pt (ddpm_time.py's format), NAME/result.pt (seconds trained; the last
+    t = T, ..., 1, no noise at t = 1; every step clips its x_0 to [0, 1], as cosine's beta_T = 0.999 needs (RESULTS.md).
+Writes to --out-dir (default runs/compare_schedules), atomically: schedules.png, forward.png, samples.png, results.json
+    (the table, its flags); per schedule NAME/ckpt.pt (ddpm_time.py's), NAME/result.pt (seconds trained; the last
     samples' grid, row, flags), NAME/samples.pt. --resume samples again unless every flag behind them is the same.
-What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without --resume drop
-    open_runs, load_result, restore_run and the RNG state; start_gap and prior_kl explain the result but train
-    nothing; with the four IDX files in one folder drop the Kaggle layouts in find_idx_files.
+What you can delete for an assignment: without --resume, open_runs, load_result, restore_run and the RNG state;
+    start_gap and prior_kl explain the result but train nothing; the Kaggle layouts in find_idx_files.
 """
 import argparse
 import copy
@@ -60,7 +54,6 @@ FORWARD_COLS = 9                  # forward.png: t = 0 .. T in 9 evenly spaced c
 DDIM_STEPS = 50                   # --steps of --sampler ddim
 TRAIN_KEYS = ("limit", "channels", "T", "batch_size", "lr", "ema_decay", "seed")  # flags that change training
 RESULT_KEYS = (*TRAIN_KEYS, "sampler", "steps", "n_samples")  # ... and the samples (with the epochs trained)
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Linear vs cosine beta schedules: the same DDPM trained under each")
@@ -97,11 +90,9 @@ def get_args(argv=None):
     if args.sampler == "ddim":
         args.steps = args.steps or DDIM_STEPS
     return args, given
-
 # --- shared: schedule ---
 def make_schedule(T, kind, device):
-    """beta, alpha, alpha_bar as tensors of length T + 1, indexed by t = 0..T (index 0 is x_0:
-    beta_0 = 0, alpha_bar_0 = 1). Computed in float64 on the CPU, stored in float32 on the device."""
+    """beta, alpha, alpha_bar (T + 1,) by t = 0..T (beta_0 = 0, alpha_bar_0 = 1): float64 on the CPU, then float32."""
     t = torch.arange(T + 1, dtype=torch.float64)
     if kind == "linear":  # Ho et al.: beta_1 = 1e-4 .. beta_T = 0.02, evenly spaced
         beta = torch.cat([torch.zeros(1, dtype=torch.float64), torch.linspace(1e-4, 0.02, T, dtype=torch.float64)])
@@ -115,13 +106,11 @@ def make_schedule(T, kind, device):
     alpha = 1 - beta
     alpha_bar = torch.cumprod(alpha, 0)
     return {k: v.float().to(device) for k, v in dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar).items()}
-
 # --- shared: forward process ---
 def q_sample(x0, t, eps, sched):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, for a batch of t (B,)."""
     ab = sched["alpha_bar"][t].view(-1, 1, 1, 1)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-
 # --- shared: model blocks ---
 def time_embedding(t, dim):
     """Sinusoidal embedding of the step t (B,) -> (B, dim), as in the Transformer."""
@@ -132,7 +121,6 @@ def time_embedding(t, dim):
 
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, plus the (time) embedding, twice; residual connection."""
-
     def __init__(self, c_in, c_out, emb_dim):
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(8, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
@@ -148,7 +136,6 @@ class ResBlock(nn.Module):
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
-
     def __init__(self, c, heads=4):
         super().__init__()
         self.norm, self.qkv, self.proj = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
@@ -160,12 +147,10 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.transpose(-1, -2).unbind(1)     # each (B, heads, HW, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)   # softmax(q k^T / sqrt(d)) v
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
-
 # --- shared: UNet ---
 class UNet(nn.Module):
     """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes also the label y, embedded and added to t's embedding.
     28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated: faster, as good (RESULTS.md)."""
-
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
         c1, c2, c3 = channels
@@ -194,7 +179,6 @@ class UNet(nn.Module):
         h = self.up2(self.unpool2(h) + h2, emb)                   # (B, c1, 14, 14)
         h = self.up1(self.unpool1(h) + h1, emb)                   # (B, c1, 28, 28)
         return self.out(h)                                        # (B, 1, 28, 28)
-
 # --- shared: sampler ---
 def predict_x0(x_t, t, eps, sched):
     """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t): q_sample solved for x_0."""
@@ -216,8 +200,7 @@ def ddpm_step(x_t, t, eps, sched, gen):
     return mean + beta.sqrt() * torch.randn(x_t.shape, generator=gen).to(x_t.device)  # noise drawn on the CPU
 
 def ddim_step(x0, eps, t_prev, sched):
-    """DDIM with eta = 0: x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t.
-    Jumps any number of steps along the same x_0 and noise direction; at s = 0 it returns x_0."""
+    """DDIM (eta = 0): x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t; s = 0 gives x_0."""
     ab_prev = sched["alpha_bar"][t_prev]
     return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
 
@@ -229,10 +212,9 @@ def timesteps(sampler, T, steps):
 
 @torch.no_grad()
 def sample(eps_fn, x_T, sched, sampler, steps, gen):
-    """Reverse process from x_T to x_0. eps_fn(x_t, t) -> predicted eps, t an int in 1..T.
-    Every step predicts x_0, clips it to the data range and uses the eps that matches it (unchanged
-    wherever x_0 was inside [0, 1]), then takes a DDPM or DDIM step. Returns x_0 (B, 1, 28, 28),
-    the t visited (n + 1,) and every x_t as uint8 frames (n + 1, B, 1, 28, 28), for plots and GIFs."""
+    """Reverse process from x_T to x_0; eps_fn(x_t, t) predicts eps, t an int in 1..T. Every step clips its x_0 to
+    [0, 1], takes the eps that matches it (unchanged where x_0 was inside), then a DDPM or DDIM step. Returns x_0
+    (B, 1, 28, 28), the t visited (n + 1,) and every x_t as uint8 frames (n + 1, B, 1, 28, 28), for plots and GIFs."""
     ts = timesteps(sampler, len(sched["beta"]) - 1, steps)
     x, frames = x_T, [to_uint8(x_T).cpu()]
     for t, t_prev in zip(ts[:-1], ts[1:]):
@@ -241,7 +223,6 @@ def sample(eps_fn, x_T, sched, sampler, steps, gen):
         x = ddpm_step(x, t, eps, sched, gen) if sampler == "ddpm" else ddim_step(x0, eps, t_prev, sched)
         frames.append(to_uint8(x).cpu())
     return x, torch.tensor(ts), torch.stack(frames)
-
 # --- shared: DDPM loss ---
 def ddpm_loss(model, x0, sched):
     """|| eps - eps_theta(x_t, t) ||^2 for digits x_0 (B, 1, 28, 28) in [0, 1], t ~ U{1..T}."""
@@ -249,17 +230,14 @@ def ddpm_loss(model, x0, sched):
     t = torch.randint(1, T + 1, (len(x0),), device=x0.device)     # t ~ U{1..T}
     eps = torch.randn_like(x0)
     return F.mse_loss(model(q_sample(x0, t, eps, sched), t), eps)
-
 # --- shared: EMA ---
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
-    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): a warm-up that forgets the
-    initial weights, and reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,990 for 0.999, epoch 20 at
-    batch 128. Until then the warm-up, not --ema-decay, sets how long the average is."""
+    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): the warm-up forgets the
+    initial weights and sets the average's length until step (10 decay - 1) / (1 - decay) (8,990 for 0.999)."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
-
 # --- the start of sampling: q(x_T | x_0) against N(0, I) ---------------------------------------
 def prior_kl(x0, alpha_bar_T):
     """L_T = KL(q(x_T | x_0) || N(0, I)) = 1/2 [ab ||x_0||^2 - D (ab + log(1 - ab))] in nats, D = 784 pixels,
@@ -268,22 +246,10 @@ def prior_kl(x0, alpha_bar_T):
     sq = x0.double().flatten(1).square().sum(1)                      # ||x_0||^2 per digit, (N,)
     return (0.5 * (ab * sq - x0[0].numel() * (ab + torch.log1p(-ab)))).mean().item()
 
-def start_gap(x0, scheds, seed):
-    """How far training's x_T ~ q(x_T | x_0) is from sampling's x_T ~ N(0, I), for digits x0 (N, 1, 28, 28)
-    in [0, 1] and schedules all on the CPU. Per schedule: each x_T's component along the mean digit
-    u = m / ||m|| (N,), which is N(0, 1) for pure noise, and L_T. Also that component for N noise images."""
-    gen = torch.Generator().manual_seed(seed)
-    m = x0.mean(0).flatten()
-    u = m / m.norm()                                                 # (784,) the mean digit, length 1
-    eps = torch.randn(x0.shape, generator=gen)                       # the same eps for every schedule
-    noise_proj = torch.randn(x0.shape, generator=gen).flatten(1) @ u  # (N,) where sampling starts
-    gap = {}
-    for name, s in scheds.items():
-        T = len(s["alpha_bar"]) - 1
-        x_T = q_sample(x0, torch.full((len(x0),), T), eps, s)         # (N, 1, 28, 28): training's x_T
-        gap[name] = {"proj": x_T.flatten(1) @ u, "prior_kl": prior_kl(x0, s["alpha_bar"][T])}
-    return gap, noise_proj
-
+def start_gap(x0, alpha_bar_T):
+    """How far training's x_T ~ q(x_T | x_0) is from sampling's N(0, I), for digits x0 (N, 1, 28, 28) on the CPU: L_T,
+    and x_T's mean along the unit mean digit u = m / ||m||, which is sqrt(alpha_bar_T) ||m|| (0 for N(0, I))."""
+    return {"prior_kl": prior_kl(x0, alpha_bar_T), "xT_proj": (alpha_bar_T.sqrt() * x0.mean(0).norm()).item()}
 # --- one schedule: train it, then sample it ----------------------------------------------------
 def train_schedule(sched, ckpt, x_all, cfg, device, out, train_s):
     """The model under one schedule from torch.manual_seed(seed) (the same weights, batches, t and eps for every
@@ -312,33 +278,22 @@ def train_schedule(sched, ckpt, x_all, cfg, device, out, train_s):
         print(f"{cfg.schedule}: train: {new_s / n:.1f} s/epoch, {n * len(x_all) / new_s:.0f} img/s")
     return ema, run, train_s + new_s
 
-def sample_digits(ema, sched, x_T, sampler, steps, seed, device):
-    """The EMA model's x_0 for each x_T (N, 1, 28, 28), SAMPLE_BATCH at a time; the sampler noise z comes from
-    a CPU generator seeded with `seed`, so every schedule gets the same z. Returns (N, 1, 28, 28) on the CPU."""
-    eps_fn = lambda x, t: ema(x, torch.full((len(x),), t, device=device))  # noqa: E731  eps_theta(x_t, t)
-    gen = torch.Generator().manual_seed(seed)
-    xs = []
-    for i in range(0, len(x_T), SAMPLE_BATCH):
-        x0 = sample(eps_fn, x_T[i:i + SAMPLE_BATCH].to(device), sched, sampler, steps, gen)[0]  # [0]: x_0, not frames
-        xs.append(x0.cpu())
-    return torch.cat(xs)
-
 def run_schedule(name, sched, ckpt, x_all, x_T, args, device):
-    """Train (or continue) one schedule, then sample x_T with its EMA weights, unless NAME/result.pt holds
-    samples made with every one of the same flags. Returns {"loss_history", "row", "grid"}."""
+    """Train (or continue) one schedule, then sample x_T with its EMA weights, unless NAME/result.pt holds samples made
+    with every one of the same flags. Returns its table row and the grid of samples.png."""
     out = os.path.join(args.out_dir, name)
     cfg = argparse.Namespace(**vars(args), schedule=name)             # NAME/ckpt.pt's config, as ddpm_time.py's
-    stored = {}  # what an earlier run of this schedule left: seconds trained, its last samples' table row
-    if ckpt is not None:  # (a ckpt.pt of the older compare_schedules.py held the seconds itself)
-        stored = {"train_s": ckpt.get("train_s", 0.0), **load_result(os.path.join(out, "result.pt"))}
+    stored = load_result(os.path.join(out, "result.pt")) if ckpt is not None else {}  # seconds trained, last samples
     ema, run, train_s = train_schedule(sched, ckpt, x_all, cfg, device, out, stored.get("train_s", 0.0))
     flags = {**{k: getattr(args, k) for k in RESULT_KEYS}, "epoch": run["epoch"]}  # all the samples depend on
     samples_path = os.path.join(out, "samples.pt")
     if stored.get("flags") == flags and (args.n_samples == 0 or os.path.exists(samples_path)):
         print(f"{name}: finished earlier, not retrained")
-        return {"loss_history": run["loss_history"], "row": stored["row"], "grid": stored["grid"]}
-    t0 = time.time()
-    x0 = sample_digits(ema, sched, x_T, args.sampler, args.steps, args.seed + 2, device)  # (len(x_T), 1, 28, 28)
+        return stored["row"], stored["grid"]
+    t0, gen = time.time(), torch.Generator().manual_seed(args.seed + 2)  # gen: the sampler noise z, the same for all
+    eps_fn = lambda x, t: ema(x, torch.full((len(x),), t, device=device))  # noqa: E731  eps_theta(x_t, t)
+    x0 = torch.cat([sample(eps_fn, x.to(device), sched, args.sampler, args.steps, gen)[0].cpu()
+                    for x in x_T.split(SAMPLE_BATCH)])                # (len(x_T), 1, 28, 28), SAMPLE_BATCH at a time
     sample_s = time.time() - t0
     if args.n_samples:
         save_atomic({"x": x0[:args.n_samples].clamp(0, 1), "y": None, "config": vars(cfg), "epoch": run["epoch"]},
@@ -351,8 +306,7 @@ def run_schedule(name, sched, ckpt, x_all, x_T, args, device):
     save_atomic({"epoch": run["epoch"], "train_s": train_s, "flags": flags, "row": row, "grid": grid},
                 os.path.join(out, "result.pt"))
     print(f"{name}: {len(x0)} digits sampled ({args.sampler}) in {sample_s:.1f} s")
-    return {"loss_history": run["loss_history"], "row": row, "grid": grid}
-
+    return row, grid
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
     # setup: flags, device, a folder per schedule (and, to continue, their checkpoints), data, schedules
@@ -360,7 +314,7 @@ def main(argv=None):
     device = pick_device(args.device)
     ckpts = open_runs(args, given)                                    # the flags not given take the stored values
     print(vars(args))
-    x_all = load_mnist(args.data_dir, train=True, limit=args.limit)[0].to(device)  # all on the device, in [0, 1]
+    x_all = load_mnist(args.data_dir, limit=args.limit, device=device)[0]  # all on the device, in [0, 1]
     scheds = {name: make_schedule(args.T, name, device) for name in args.schedules}
     print(f"device {device}  threads {torch.get_num_threads()}  T={args.T}  training on {len(x_all)} digits  "
           + "  ".join(f"{n}: sqrt(alpha_bar_T) = {s['alpha_bar'][-1].sqrt().item():.4f}" for n, s in scheds.items()))
@@ -371,37 +325,32 @@ def main(argv=None):
     runs = {name: run_schedule(name, scheds[name], ckpts.get(name), x_all, x_T, args, device)
             for name in args.schedules}
 
-    # figures: the schedules and where x_T starts, one digit's forward process, the losses, the grids.
-    # The statistics are on the CPU (float64 is not on every device): CPU copies of the data and schedules
-    cpu_scheds = {name: make_schedule(args.T, name, "cpu") for name in args.schedules}
+    # figures: the schedules, one digit's forward process, the grids side by side (a white column after each)
+    cpu_scheds = {name: make_schedule(args.T, name, "cpu") for name in args.schedules}  # float64 statistics: CPU
     x_stats = x_all[:N_STATS].cpu()                                   # the first N_STATS training digits
-    gap, noise_proj = start_gap(x_stats, cpu_scheds, args.seed + 3)
-    plot_schedules(cpu_scheds, gap, noise_proj, os.path.join(args.out_dir, "schedules.png"))
+    plot_schedules(cpu_scheds, os.path.join(args.out_dir, "schedules.png"))
     plot_forward(x_stats[:1], cpu_scheds, args.T, args.seed + 4, os.path.join(args.out_dir, "forward.png"))  # digit 1
-    plot_losses({n: r["loss_history"] for n, r in runs.items()}, os.path.join(args.out_dir, "loss.png"))
+    blank = torch.full((GRID // 8, 1, 1, 28, 28), 255, dtype=torch.uint8)  # rows of 8 digits, then a white one
+    grids = torch.cat([torch.cat([grid.view(-1, 8, 1, 28, 28), blank], 1) for _, grid in runs.values()], 1)  # (8, 9 S)
     label = f"{args.sampler.upper()} {len(timesteps(args.sampler, args.T, args.steps)) - 1} steps"
-    plot_side_by_side({n: r["grid"] for n, r in runs.items()}, os.path.join(args.out_dir, "samples.png"),
-                      f"EMA samples, {label}, the same x_T and z for every schedule")
+    save_grid(grids[:, :-1].flatten(0, 1) / 255, os.path.join(args.out_dir, "samples.png"), 9 * len(runs) - 1,
+              f"EMA samples, {label}, the same x_T and z for every schedule", None,
+              [name if c == 4 else "" for name in runs for c in range(9)][:-1])
 
     # results: the table and the flags that made it, in results.json and on the screen
-    rows = [{**r["row"], "prior_kl": gap[n]["prior_kl"], "xT_proj": gap[n]["proj"].mean().item()}
-            for n, r in runs.items()]
+    rows = [{**row, **start_gap(x_stats, cpu_scheds[name]["alpha_bar"][-1])} for name, (row, _) in runs.items()]
     data_ink = x_all.mean().item()
-    noise_mean = noise_proj.mean().item()
-    save_json_atomic({"config": vars(args), "rows": rows, "data_ink": data_ink, "noise_xT_proj": noise_mean},
+    save_json_atomic({"config": vars(args), "rows": rows, "data_ink": data_ink},
                      os.path.join(args.out_dir, "results.json"))
-    print_comparison(rows, noise_mean, data_ink)
+    print_comparison(rows, data_ink)
     print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
-
 # --- this script's bookkeeping: a folder per schedule, resume, results.json --------------------
 def open_runs(args, given):
     """A subfolder of --out-dir per schedule; a finished comparison there needs --resume. With --resume, open_run
     reads the ckpt.pt of each schedule that has one: the flags not given take its values, which every schedule must
     share (only the schedule may differ), and all train as far as the furthest one. Returns {name: checkpoint}."""
-    for name in args.schedules:
-        path = os.path.join(args.out_dir, name, "ckpt.pt")
-        if os.path.exists(path) and not args.resume:
-            die(f"{path} exists: pass --resume to continue the comparison, or another --out-dir")
+    if not args.resume and any(os.path.exists(os.path.join(args.out_dir, n, "ckpt.pt")) for n in args.schedules):
+        die(f"{args.out_dir} holds a comparison: pass --resume to continue it, or another --out-dir")
     ckpts, epochs = {}, []                                            # epochs: each checkpoint's --epochs
     for name in args.schedules:
         out = os.path.join(args.out_dir, name)
@@ -423,87 +372,45 @@ def open_runs(args, given):
     return ckpts
 
 def load_result(path):
-    """NAME/result.pt: the seconds trained and, once sampled, the grid, table row and the flags that made
-    them; {} if there is none or it cannot be read (the schedule is then sampled again)."""
+    """NAME/result.pt: the seconds trained and, once sampled, the grid, row and flags; {} if missing or unreadable."""
     try:
         return torch.load(path, weights_only=True)
-    except Exception:  # missing or unreadable: nothing to reuse
+    except Exception:  # nothing to reuse: the schedule is sampled again
         return {}
-
 # --- plots and the table: the comparison -------------------------------------------------------
-def plot_schedules(scheds, gap, noise_proj, path):
-    """alpha_bar(t), log-SNR(t), and histograms of x_T along the mean digit: training's x_T vs sampling's.
-    The schedules are on the CPU (log-SNR in float64)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    values = torch.cat([noise_proj, *(g["proj"] for g in gap.values())])
-    bins = torch.linspace(values.min().item(), values.max().item(), 61).numpy()
+def plot_schedules(scheds, path):
+    """alpha_bar(t) and log-SNR(t) of each schedule (on the CPU: log-SNR in float64)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, s in scheds.items():
         ab = s["alpha_bar"][1:].double()                              # t = 1..T
         t = torch.arange(1, len(ab) + 1).numpy()
         axes[0].plot(t, ab.numpy(), label=f"{name}: sqrt(alpha_bar_T) = {ab[-1].sqrt().item():.4f}")
         axes[1].plot(t, (ab / (1 - ab)).log().numpy(), label=name)
-        p = gap[name]["proj"]
-        axes[2].hist(p.numpy(), bins, histtype="step", lw=1.5, label=f"{name}: q(x_T | x_0), mean {p.mean():.2f}")
-    axes[2].hist(noise_proj.numpy(), bins, histtype="stepfilled", alpha=0.3, color="gray",
-                 label=f"N(0, I), where sampling starts: mean {noise_proj.mean():.2f}")
     axes[0].set(xlabel="t", ylabel="alpha_bar", title="alpha_bar(t): signal variance in x_t")
     axes[1].set(xlabel="t", ylabel="log SNR", title="log(alpha_bar / (1 - alpha_bar))")
-    axes[2].set(xlabel="x_T . m / ||m||, m = the mean training digit", ylabel="images",
-                title=f"x_T in training vs at the start of sampling, {len(noise_proj)} images")
-    axes[2].set_ylim(top=1.4 * axes[2].get_ylim()[1])  # room for the legend above the bars
-    for ax, where in zip(axes, ("lower left", "upper right", "upper left")):  # where the curves are not
+    for ax, where in zip(axes, ("lower left", "upper right")):  # where the curves are not
         ax.legend(fontsize=7, loc=where)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 def plot_forward(x0, scheds, T, seed, path):
-    """One digit x0 (1, 1, 28, 28) at the same FORWARD_COLS t in 0..T under each schedule, with the same eps."""
+    """One digit x0 (1, 1, 28, 28) at the same FORWARD_COLS t in 0..T under each schedule (a row each), the same eps."""
     ts = torch.linspace(0, T, FORWARD_COLS).round().long()          # the same t for every schedule
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    frames = torch.stack([torch.cat([q_sample(x0, t.view(1), eps, s) for s in scheds.values()])
-                          for t in ts])                              # (len(ts), schedules, 1, 28, 28)
-    # no title: plot_strip's title would cover the t labels of a 2-row figure; the row labels say it
-    plot_strip(to_uint8(frames), ts, path, "", [f"{n}\nq(x_t | x_0)" for n in scheds], len(ts))
+    x_t = torch.cat([q_sample(x0.expand(len(ts), -1, -1, -1), ts, eps, s) for s in scheds.values()])
+    save_grid(x_t, path, len(ts), "q(x_t | x_0): one digit and eps under each schedule", list(scheds),
+              [f"t={t}" for t in ts.tolist()])
 
-def plot_losses(histories, path):
-    """Every schedule's per-step loss (light) and moving average (dark) on one log-scale plot."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, losses in histories.items():
-        k = max(1, len(losses) // 100)
-        line = ax.plot(losses.numpy(), alpha=0.25, lw=0.5)[0]
-        ax.plot(range(k - 1, len(losses)), losses.unfold(0, k, 1).mean(1).numpy(), color=line.get_color(),
-                lw=1.5, label=f"{name} (mean of {k} steps)")
-    ax.set(yscale="log", xlabel="step", ylabel="MSE loss (eps)",
-           title="training loss: same weights, batches, t and eps draws\n"
-                 "(not directly comparable: each schedule puts the T noise levels elsewhere)")
-    ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-def plot_side_by_side(grids, path, title):
-    """grids {name: (n, 1, 28, 28) uint8}: one 8-wide grid per schedule, next to each other."""
-    fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids), 4), squeeze=False,
-                             layout="constrained")  # keeps the title next to the grids
-    for ax, (name, g) in zip(axes[0], grids.items()):
-        grid = image_grid(g.float() / 255, 8)
-        ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set(xticks=[], yticks=[])
-        ax.set_title(name, fontsize=10)
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-def print_comparison(rows, noise_proj_mean, data_ink):
+def print_comparison(rows, data_ink):
     """The table: a row per schedule, then pure noise and the data for reference."""
     print(f"\n{'schedule':10s}{'final loss':>11s}{'train s':>9s}{'sample s':>9s}{'sqrt(ab_T)':>11s}"
           f"{'L_T nats':>10s}{'x_T.m':>8s}{'ink':>7s}")
     for r in rows:
         print(f"{r['schedule']:10s}{r['final_loss']:11.4f}{r['train_s']:9.0f}{r['sample_s']:9.0f}"
               f"{r['sqrt_alpha_bar_T']:11.4f}{r['prior_kl']:10.2f}{r['xT_proj']:8.2f}{r['sample_ink']:7.3f}")
-    print(f"{'N(0, I) / data':50s}{0:10.2f}{noise_proj_mean:8.2f}{data_ink:7.3f}")
-    print("final loss: mean of the last epoch. L_T: KL(q(x_T|x_0) || N(0,I)) in nats per digit. x_T.m: mean of "
-          "x_T along the unit mean digit in training (N(0, I), where sampling starts: 0 +- 1). ink: mean pixel of "
-          "the samples (data: of the real digits)")
+    print(f"{'N(0, I) / data':50s}{0:10.2f}{0:8.2f}{data_ink:7.3f}")
+    print("final loss: of the last epoch (not comparable across schedules). L_T: KL(q(x_T|x_0) || N(0,I)), nats per "
+          "digit. x_T.m: training's x_T along the unit mean digit (sampling's: 0 +- 1). ink: mean pixel (data: digits)")
 
 # =================================================================================================
 # Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
@@ -515,10 +422,8 @@ def number(kind, lo, hi=math.inf, lo_included=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if value < lo or (value == lo and not lo_included) or value >= hi:
-            raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
         return value
     return parse
 
@@ -561,8 +466,8 @@ def read_idx(path, ndim):
         raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
-def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
+def load_mnist(data_dir, train=True, limit=0, device="cpu"):
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,), on device; limit > 0: N."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -578,14 +483,14 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images[:limit or None].unsqueeze(1).float().div(255), labels[:limit or None]  # limit 0: all
+    return images[:limit or None].unsqueeze(1).float().div(255).to(device), labels[:limit or None].to(device)
 # --- shared: atomic save ---
-def save_atomic(obj, path):
-    """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
+def save_atomic(obj, path, write=torch.save):
+    """write(obj, file) to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -595,18 +500,8 @@ def save_atomic(obj, path):
         die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
 # --- shared: atomic JSON ---
 def save_json_atomic(obj, path):
-    """save_atomic for JSON (results you read or plot later): temp file, flush, fsync, rename over path."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # disk full, folder gone or read-only, ...
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
+    """save_atomic for JSON (results you read or plot later)."""
+    save_atomic(json.dumps(obj, indent=1).encode(), path, lambda data, f: f.write(data))
 # --- shared: run safety ---
 def parse_flags(ap, argv):
     """The flags, and the names of those on the command line: parsed again over a marker for each, no default set."""
@@ -671,8 +566,11 @@ class EpochLog:
             self.run["epoch"], self.seconds = self.epoch, time.time() - self.t0
 # --- shared: checkpoints ---
 def open_run(args, given, script, train_keys):
-    """ckpt.pt's path, and for --resume or --sample-only the checkpoint (--ckpt, else ckpt.pt; None for a new run),
-    whose training flags the run takes: one given with another value is a one-line error. --epochs may grow."""
+    """ckpt.pt's path, and for --resume or --sample-only (--ckpt implies it) the checkpoint (--ckpt, else ckpt.pt; None
+    for a new run), whose training flags the run takes: one given with another value is an error. --epochs may grow."""
+    if args.ckpt and args.resume:
+        die("--ckpt is for sampling (it implies --sample-only); --resume continues OUT_DIR/ckpt.pt")
+    args.sample_only = args.sample_only or bool(args.ckpt)
     ckpt_path = prepare_out_dir(args.out_dir, args.resume or args.sample_only)
     path = args.ckpt or ckpt_path
     if not (args.resume or args.sample_only):
@@ -744,7 +642,7 @@ def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
     fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
     ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=6)
+    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=7)
     ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [], fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -752,12 +650,6 @@ def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
 def to_uint8(x):
     """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-# --- shared: plot strip ---
-def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
-    """The reverse process, uint8 frames (steps + 1, rows, 1, 28, 28): a row per digit, n_cols steps, noise to digit."""
-    cols = torch.linspace(0, len(ts) - 1, min(n_cols, len(ts))).round().long()
-    x01 = frames[cols].transpose(0, 1).flatten(0, 1).float() / 255  # (rows * cols, 1, 28, 28), row after row
-    save_grid(x01, path, len(cols), title, row_labels, [f"t={ts[i].item():g}" for i in cols.tolist()])
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""

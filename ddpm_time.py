@@ -26,7 +26,7 @@ Conventions:
     Sampler: DDPM over all T steps, the course's. Unguided, it scores far better than DDIM 50, which takes 50 of
     the T steps (RESULTS.md); ddpm_class.py, guided, defaults to DDIM (there DDIM scored better).
 Writes to --out-dir (default runs/ddpm_time): ckpt.pt (every epoch, atomically), samples_epochNNN.png (epochs 1, 5,
-    10, 15, 20, last), samples.png, strip.png, loss.png, trajectory.pt and snapshots.pt (make_gif.py), samples.pt
+    10, 15, 20, last), samples.png, loss.png, trajectory.pt and snapshots.pt (make_gif.py: GIFs, strip.png), samples.pt
     (--n-samples N, for evaluate.py).
 What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without --resume and
     --sample-only, call prepare_out_dir for open_run and drop restore_run and the RNG state; with the four IDX
@@ -55,7 +55,6 @@ DDIM_STEPS = 50                        # --steps of --sampler ddim; the snapshot
 GRID = 64                              # samples.png and the snapshots: 8 rows of 8 digits
 TRAIN_KEYS = ("limit", "channels", "T", "schedule", "batch_size", "lr", "lr_decay", "weight_decay", "ema_decay",
               "seed")
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Time-conditioned DDPM on MNIST")
@@ -72,8 +71,7 @@ def get_args(argv=None):
     g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per optimizer step")
     g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3, help="AdamW learning rate")
     g.add_argument("--lr-decay", type=number(float, 0, lo_included=False), default=1.0,
-                   help="the lr is multiplied by this^(1 / epochs) after every epoch "
-                        "(the course: 0.1 with --weight-decay 0)")
+                   help="lr times this^(1 / epochs) after every epoch (the course: 0.1 with --weight-decay 0)")
     g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam, as the course)")
     g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")
     g = ap.add_argument_group("sampling")
@@ -85,14 +83,10 @@ def get_args(argv=None):
     g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and samples go here")
     g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
     g.add_argument("--sample-only", action="store_true", help="load ckpt.pt and sample, no training")
-    g.add_argument("--ckpt", default="", help="sample from these weights instead of OUT_DIR/ckpt.pt (a file "
-                                              "in pretrained/ or another run's ckpt.pt); implies --sample-only")
+    g.add_argument("--ckpt", default="", help="sample this file (pretrained/, a run's ckpt.pt); implies --sample-only")
     g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
     args, given = parse_flags(ap, argv)  # given: the flags on the command line, which --resume checks
-    if args.ckpt and args.resume:
-        ap.error("--ckpt is for sampling (it implies --sample-only); --resume continues OUT_DIR/ckpt.pt")
-    args.sample_only = args.sample_only or bool(args.ckpt)
     if any(c % 8 for c in args.channels):
         ap.error(f"--channels must be multiples of 8 (GroupNorm uses 8 groups), got {args.channels}")
     if args.sampler == "ddpm" and args.steps is not None:
@@ -100,11 +94,9 @@ def get_args(argv=None):
     if args.sampler == "ddim":
         args.steps = args.steps or DDIM_STEPS
     return args, given
-
 # --- shared: schedule ---
 def make_schedule(T, kind, device):
-    """beta, alpha, alpha_bar as tensors of length T + 1, indexed by t = 0..T (index 0 is x_0:
-    beta_0 = 0, alpha_bar_0 = 1). Computed in float64 on the CPU, stored in float32 on the device."""
+    """beta, alpha, alpha_bar (T + 1,) by t = 0..T (beta_0 = 0, alpha_bar_0 = 1): float64 on the CPU, then float32."""
     t = torch.arange(T + 1, dtype=torch.float64)
     if kind == "linear":  # Ho et al.: beta_1 = 1e-4 .. beta_T = 0.02, evenly spaced
         beta = torch.cat([torch.zeros(1, dtype=torch.float64), torch.linspace(1e-4, 0.02, T, dtype=torch.float64)])
@@ -118,13 +110,11 @@ def make_schedule(T, kind, device):
     alpha = 1 - beta
     alpha_bar = torch.cumprod(alpha, 0)
     return {k: v.float().to(device) for k, v in dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar).items()}
-
 # --- shared: forward process ---
 def q_sample(x0, t, eps, sched):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, for a batch of t (B,)."""
     ab = sched["alpha_bar"][t].view(-1, 1, 1, 1)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-
 # --- shared: model blocks ---
 def time_embedding(t, dim):
     """Sinusoidal embedding of the step t (B,) -> (B, dim), as in the Transformer."""
@@ -135,7 +125,6 @@ def time_embedding(t, dim):
 
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, plus the (time) embedding, twice; residual connection."""
-
     def __init__(self, c_in, c_out, emb_dim):
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(8, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
@@ -151,7 +140,6 @@ class ResBlock(nn.Module):
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
-
     def __init__(self, c, heads=4):
         super().__init__()
         self.norm, self.qkv, self.proj = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
@@ -163,12 +151,10 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.transpose(-1, -2).unbind(1)     # each (B, heads, HW, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)   # softmax(q k^T / sqrt(d)) v
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
-
 # --- shared: UNet ---
 class UNet(nn.Module):
     """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes also the label y, embedded and added to t's embedding.
     28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated: faster, as good (RESULTS.md)."""
-
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
         c1, c2, c3 = channels
@@ -197,7 +183,6 @@ class UNet(nn.Module):
         h = self.up2(self.unpool2(h) + h2, emb)                   # (B, c1, 14, 14)
         h = self.up1(self.unpool1(h) + h1, emb)                   # (B, c1, 28, 28)
         return self.out(h)                                        # (B, 1, 28, 28)
-
 # --- shared: sampler ---
 def predict_x0(x_t, t, eps, sched):
     """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t): q_sample solved for x_0."""
@@ -219,8 +204,7 @@ def ddpm_step(x_t, t, eps, sched, gen):
     return mean + beta.sqrt() * torch.randn(x_t.shape, generator=gen).to(x_t.device)  # noise drawn on the CPU
 
 def ddim_step(x0, eps, t_prev, sched):
-    """DDIM with eta = 0: x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t.
-    Jumps any number of steps along the same x_0 and noise direction; at s = 0 it returns x_0."""
+    """DDIM (eta = 0): x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t; s = 0 gives x_0."""
     ab_prev = sched["alpha_bar"][t_prev]
     return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
 
@@ -232,10 +216,9 @@ def timesteps(sampler, T, steps):
 
 @torch.no_grad()
 def sample(eps_fn, x_T, sched, sampler, steps, gen):
-    """Reverse process from x_T to x_0. eps_fn(x_t, t) -> predicted eps, t an int in 1..T.
-    Every step predicts x_0, clips it to the data range and uses the eps that matches it (unchanged
-    wherever x_0 was inside [0, 1]), then takes a DDPM or DDIM step. Returns x_0 (B, 1, 28, 28),
-    the t visited (n + 1,) and every x_t as uint8 frames (n + 1, B, 1, 28, 28), for plots and GIFs."""
+    """Reverse process from x_T to x_0; eps_fn(x_t, t) predicts eps, t an int in 1..T. Every step clips its x_0 to
+    [0, 1], takes the eps that matches it (unchanged where x_0 was inside), then a DDPM or DDIM step. Returns x_0
+    (B, 1, 28, 28), the t visited (n + 1,) and every x_t as uint8 frames (n + 1, B, 1, 28, 28), for plots and GIFs."""
     ts = timesteps(sampler, len(sched["beta"]) - 1, steps)
     x, frames = x_T, [to_uint8(x_T).cpu()]
     for t, t_prev in zip(ts[:-1], ts[1:]):
@@ -244,7 +227,6 @@ def sample(eps_fn, x_T, sched, sampler, steps, gen):
         x = ddpm_step(x, t, eps, sched, gen) if sampler == "ddpm" else ddim_step(x0, eps, t_prev, sched)
         frames.append(to_uint8(x).cpu())
     return x, torch.tensor(ts), torch.stack(frames)
-
 # --- shared: DDPM loss ---
 def ddpm_loss(model, x0, sched):
     """|| eps - eps_theta(x_t, t) ||^2 for digits x_0 (B, 1, 28, 28) in [0, 1], t ~ U{1..T}."""
@@ -252,17 +234,14 @@ def ddpm_loss(model, x0, sched):
     t = torch.randint(1, T + 1, (len(x0),), device=x0.device)     # t ~ U{1..T}
     eps = torch.randn_like(x0)
     return F.mse_loss(model(q_sample(x0, t, eps, sched), t), eps)
-
 # --- shared: EMA ---
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
-    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): a warm-up that forgets the
-    initial weights, and reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,990 for 0.999, epoch 20 at
-    batch 128. Until then the warm-up, not --ema-decay, sets how long the average is."""
+    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): the warm-up forgets the
+    initial weights and sets the average's length until step (10 decay - 1) / (1 - decay) (8,990 for 0.999)."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
-
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
     # setup: flags and device; with --resume or --sample-only, the checkpoint (its flags are the run's)
@@ -288,7 +267,7 @@ def main(argv=None):
 
     # train: the whole set on the device, shuffled batches (no DataLoader); a checkpoint after every epoch
     if not args.sample_only and run["epoch"] < args.epochs:
-        x_all = load_mnist(args.data_dir, train=True, limit=args.limit)[0].to(device)  # (N, 1, 28, 28) in [0, 1]
+        x_all = load_mnist(args.data_dir, limit=args.limit, device=device)[0]  # (N, 1, 28, 28) in [0, 1]
         print(f"training on {len(x_all)} digits")
         step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1  # step: optimizer steps so far
         for epoch in range(first, args.epochs + 1):
@@ -321,8 +300,6 @@ def main(argv=None):
     label = f"{args.sampler.upper()} {len(ts) - 1} steps"
     print(f"sample: {len(x0)} digits, {label}, in {time.time() - t0:.1f} s")
     save_grid(x0, os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}")
-    first_row = frames[:, :8]                                     # (steps + 1, 8, 1, 28, 28): the grid's first row
-    plot_strip(first_row, ts, os.path.join(args.out_dir, "strip.png"), f"{SCRIPT}: reverse process ({label})")
     save_atomic({"frames": frames, "t": ts, "y": None, "nrow": 8}, os.path.join(args.out_dir, "trajectory.pt"))
 
     # samples: N digits for evaluate.py, in batches of 500 (memory stays flat)
@@ -346,10 +323,8 @@ def number(kind, lo, hi=math.inf, lo_included=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if value < lo or (value == lo and not lo_included) or value >= hi:
-            raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
         return value
     return parse
 
@@ -392,8 +367,8 @@ def read_idx(path, ndim):
         raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
-def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
+def load_mnist(data_dir, train=True, limit=0, device="cpu"):
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,), on device; limit > 0: N."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -409,14 +384,14 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images[:limit or None].unsqueeze(1).float().div(255), labels[:limit or None]  # limit 0: all
+    return images[:limit or None].unsqueeze(1).float().div(255).to(device), labels[:limit or None].to(device)
 # --- shared: atomic save ---
-def save_atomic(obj, path):
-    """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
+def save_atomic(obj, path, write=torch.save):
+    """write(obj, file) to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -488,8 +463,11 @@ class EpochLog:
             self.run["epoch"], self.seconds = self.epoch, time.time() - self.t0
 # --- shared: checkpoints ---
 def open_run(args, given, script, train_keys):
-    """ckpt.pt's path, and for --resume or --sample-only the checkpoint (--ckpt, else ckpt.pt; None for a new run),
-    whose training flags the run takes: one given with another value is a one-line error. --epochs may grow."""
+    """ckpt.pt's path, and for --resume or --sample-only (--ckpt implies it) the checkpoint (--ckpt, else ckpt.pt; None
+    for a new run), whose training flags the run takes: one given with another value is an error. --epochs may grow."""
+    if args.ckpt and args.resume:
+        die("--ckpt is for sampling (it implies --sample-only); --resume continues OUT_DIR/ckpt.pt")
+    args.sample_only = args.sample_only or bool(args.ckpt)
     ckpt_path = prepare_out_dir(args.out_dir, args.resume or args.sample_only)
     path = args.ckpt or ckpt_path
     if not (args.resume or args.sample_only):
@@ -578,7 +556,7 @@ def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
     fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
     ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=6)
+    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=7)
     ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [], fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -586,12 +564,6 @@ def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
 def to_uint8(x):
     """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-# --- shared: plot strip ---
-def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
-    """The reverse process, uint8 frames (steps + 1, rows, 1, 28, 28): a row per digit, n_cols steps, noise to digit."""
-    cols = torch.linspace(0, len(ts) - 1, min(n_cols, len(ts))).round().long()
-    x01 = frames[cols].transpose(0, 1).flatten(0, 1).float() / 255  # (rows * cols, 1, 28, 28), row after row
-    save_grid(x01, path, len(cols), title, row_labels, [f"t={ts[i].item():g}" for i in cols.tolist()])
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""

@@ -57,7 +57,6 @@ FIGURE_EPOCHS = (1,)                            # denoised_epochNNN.png after th
 PURE_FIGURE_EPOCHS = (1, 5)                     # --pure-noise: pure_noise_epochNNN.png after these epochs (and _final)
 N_PURE = 1000                                   # --pure-noise: fixed noise images whose outputs are measured
 TRAIN_KEYS = ("limit", "D", "sigma", "pure_noise", "batch_size", "lr", "seed")
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="One-step denoiser (UNet, L2) on MNIST at a fixed sigma, or of pure noise")
@@ -93,12 +92,10 @@ def get_args(argv=None):
     args.eval_only = args.eval_only or bool(args.ckpt)
     args.out_dir = args.out_dir or ("runs/denoise_pure_noise" if args.pure_noise else f"runs/{SCRIPT}")
     return args, given
-
 # --- noise ---------------------------------------------------------------------------------------
 def add_noise(x, sigma, eps):
     """z = x + sigma eps: the noisy digit (not clipped). sigma = 0 gives x itself."""
     return x + sigma * eps
-
 # --- model: the course's building blocks; each keeps the spatial size unless it says otherwise ---
 def Conv(c_in, c_out):       # 3x3 conv, BatchNorm, GELU
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.GELU())
@@ -127,7 +124,6 @@ def UpBlock(c_in, c_out):    # UpConv, then a ConvBlock: H -> 2 H
 class UnconditionalUNet(nn.Module):
     """D_theta(z): the unconditional UNet of CS180 5B part 1, skips by concatenation (not the DDPM
     scripts' UNet: no time input, BatchNorm instead of GroupNorm)."""
-
     def __init__(self, D=32):
         super().__init__()
         self.inp, self.down1, self.down2 = ConvBlock(1, D), DownBlock(D, D), DownBlock(D, 2 * D)
@@ -143,7 +139,6 @@ class UnconditionalUNet(nn.Module):
         h = self.up1(torch.cat([h, h3], 1))               # (B, 4D, 7, 7) -> (B, D, 14, 14)
         h = self.up2(torch.cat([h, h2], 1))               # (B, 2D, 14, 14) -> (B, D, 28, 28)
         return self.out(torch.cat([h, h1], 1))            # (B, 2D, 28, 28) -> (B, 1, 28, 28): x estimate
-
 # --- training step -------------------------------------------------------------------------------
 def denoise_loss(model, x, sigma, pure_noise):
     """|| D_theta(z) - x ||^2, the mean over pixels and batch, for digits x (B, 1, 28, 28) in [0, 1]:
@@ -151,7 +146,6 @@ def denoise_loss(model, x, sigma, pure_noise):
     eps = torch.randn_like(x)
     z = eps if pure_noise else add_noise(x, sigma, eps)
     return F.mse_loss(model(z), x)
-
 # --- evaluation ----------------------------------------------------------------------------------
 @torch.no_grad()
 def denoise(model, z, batch=500):
@@ -193,7 +187,6 @@ def pure_noise_probe(x_train, gen):
     mean = x_train.mean(0, keepdim=True)
     return {"z": torch.randn(N_PURE, 1, 28, 28, generator=gen), "mean": mean,
             "rms_train": rms_distance(x_train, mean).mean().item()}
-
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
     # setup: flags and device; with --resume or --eval-only, the checkpoint (its flags are the run's)
@@ -255,7 +248,6 @@ def main(argv=None):
         report_psnr(model, probe, args, run["epoch"])
     print(f"eval: figures and scores in {time.time() - t0:.1f} s")
     print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
-
 # --- reports: scores printed, plotted and saved -----------------------------------------------------
 def report_psnr(model, probe, args, epochs):
     """ood.png (the ten digits denoised at every sigma), then PSNR against sigma on the first --n-test
@@ -294,7 +286,6 @@ def report_pure_noise(model, probe, args, epochs):
                       "definition": "per-image RMS over the 784 pixels, mean over images; outputs clipped to [0, 1]",
                       "rms_outputs_to_mean_digit": rms_out, "rms_train_digits_to_mean_digit": probe["rms_train"],
                       "config": vars(args)}, os.path.join(args.out_dir, "pure_noise.json"))
-
 # --- checkpoints: the shared open_run, restore_run and save_run, for a run with no EMA and --eval-only ---
 def open_denoiser_run(args, given):
     """ckpt.pt's path, and for --resume or --eval-only the checkpoint (--ckpt, else ckpt.pt; None for a new run),
@@ -346,7 +337,6 @@ def save_denoiser(run, model, opt, args, device, path):
     """The checkpoint: weights, optimizer, RNG, loss history and the flags that made them."""
     save_atomic({"script": SCRIPT, "config": vars(args), "epoch": run["epoch"], "model": model.state_dict(),
                  "opt": opt.state_dict(), "loss_history": run["loss_history"], "rng": rng_state(device)}, path)
-
 # --- plots -------------------------------------------------------------------------------------
 def plot_epoch(model, probe, args, epoch, name):
     """The model's outputs on the fixed inputs after an epoch: rows clean, noisy, denoised (denoised_NAME.png),
@@ -426,10 +416,8 @@ def number(kind, lo, hi=math.inf, lo_included=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if value < lo or (value == lo and not lo_included) or value >= hi:
-            raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
         return value
     return parse
 
@@ -472,8 +460,8 @@ def read_idx(path, ndim):
         raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
-def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
+def load_mnist(data_dir, train=True, limit=0, device="cpu"):
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,), on device; limit > 0: N."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -489,14 +477,14 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images[:limit or None].unsqueeze(1).float().div(255), labels[:limit or None]  # limit 0: all
+    return images[:limit or None].unsqueeze(1).float().div(255).to(device), labels[:limit or None].to(device)
 # --- shared: atomic save ---
-def save_atomic(obj, path):
-    """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
+def save_atomic(obj, path, write=torch.save):
+    """write(obj, file) to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -506,18 +494,8 @@ def save_atomic(obj, path):
         die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
 # --- shared: atomic JSON ---
 def save_json_atomic(obj, path):
-    """save_atomic for JSON (results you read or plot later): temp file, flush, fsync, rename over path."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # disk full, folder gone or read-only, ...
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
+    """save_atomic for JSON (results you read or plot later)."""
+    save_atomic(json.dumps(obj, indent=1).encode(), path, lambda data, f: f.write(data))
 # --- shared: run safety ---
 def parse_flags(ap, argv):
     """The flags, and the names of those on the command line: parsed again over a marker for each, no default set."""

@@ -55,7 +55,6 @@ SHOW = (2, 4, 5, 8)             # the figures' digits: the first test digit of e
 FORWARD_T = (0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # part a's noise levels t / T
 DENOISE_T = (0.25, 0.5, 0.75)   # part b's: the course's t = 250, 500, 750 of 1000
 ANAGRAMS, HYBRIDS, SLERP_POINTS = 6, 3, 8  # f's anagrams, g's hybrids per pair, h's alphas from 0 to 1
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="CS180 Project 5A's edits on a class-conditioned MNIST DDPM")
@@ -89,11 +88,9 @@ def get_args(argv=None):
     if max(args.levels + args.translate_levels) > 1 or len(args.pairs) % 2 or len(args.hybrid) % 2:
         ap.error("noise levels are fractions t / T in [0, 1]; --pairs and --hybrid take digits two by two")
     return args
-
 # --- shared: schedule ---
 def make_schedule(T, kind, device):
-    """beta, alpha, alpha_bar as tensors of length T + 1, indexed by t = 0..T (index 0 is x_0:
-    beta_0 = 0, alpha_bar_0 = 1). Computed in float64 on the CPU, stored in float32 on the device."""
+    """beta, alpha, alpha_bar (T + 1,) by t = 0..T (beta_0 = 0, alpha_bar_0 = 1): float64 on the CPU, then float32."""
     t = torch.arange(T + 1, dtype=torch.float64)
     if kind == "linear":  # Ho et al.: beta_1 = 1e-4 .. beta_T = 0.02, evenly spaced
         beta = torch.cat([torch.zeros(1, dtype=torch.float64), torch.linspace(1e-4, 0.02, T, dtype=torch.float64)])
@@ -107,13 +104,11 @@ def make_schedule(T, kind, device):
     alpha = 1 - beta
     alpha_bar = torch.cumprod(alpha, 0)
     return {k: v.float().to(device) for k, v in dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar).items()}
-
 # --- shared: forward process ---
 def q_sample(x0, t, eps, sched):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, for a batch of t (B,)."""
     ab = sched["alpha_bar"][t].view(-1, 1, 1, 1)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-
 # --- shared: model blocks ---
 def time_embedding(t, dim):
     """Sinusoidal embedding of the step t (B,) -> (B, dim), as in the Transformer."""
@@ -124,7 +119,6 @@ def time_embedding(t, dim):
 
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, plus the (time) embedding, twice; residual connection."""
-
     def __init__(self, c_in, c_out, emb_dim):
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(8, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
@@ -140,7 +134,6 @@ class ResBlock(nn.Module):
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
-
     def __init__(self, c, heads=4):
         super().__init__()
         self.norm, self.qkv, self.proj = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
@@ -152,12 +145,10 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.transpose(-1, -2).unbind(1)     # each (B, heads, HW, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)   # softmax(q k^T / sqrt(d)) v
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
-
 # --- shared: UNet ---
 class UNet(nn.Module):
     """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes also the label y, embedded and added to t's embedding.
     28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated: faster, as good (RESULTS.md)."""
-
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
         c1, c2, c3 = channels
@@ -186,7 +177,6 @@ class UNet(nn.Module):
         h = self.up2(self.unpool2(h) + h2, emb)                   # (B, c1, 14, 14)
         h = self.up1(self.unpool1(h) + h1, emb)                   # (B, c1, 28, 28)
         return self.out(h)                                        # (B, 1, 28, 28)
-
 # --- shared: sampler ---
 def predict_x0(x_t, t, eps, sched):
     """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t): q_sample solved for x_0."""
@@ -208,8 +198,7 @@ def ddpm_step(x_t, t, eps, sched, gen):
     return mean + beta.sqrt() * torch.randn(x_t.shape, generator=gen).to(x_t.device)  # noise drawn on the CPU
 
 def ddim_step(x0, eps, t_prev, sched):
-    """DDIM with eta = 0: x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t.
-    Jumps any number of steps along the same x_0 and noise direction; at s = 0 it returns x_0."""
+    """DDIM (eta = 0): x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t; s = 0 gives x_0."""
     ab_prev = sched["alpha_bar"][t_prev]
     return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
 
@@ -221,10 +210,9 @@ def timesteps(sampler, T, steps):
 
 @torch.no_grad()
 def sample(eps_fn, x_T, sched, sampler, steps, gen):
-    """Reverse process from x_T to x_0. eps_fn(x_t, t) -> predicted eps, t an int in 1..T.
-    Every step predicts x_0, clips it to the data range and uses the eps that matches it (unchanged
-    wherever x_0 was inside [0, 1]), then takes a DDPM or DDIM step. Returns x_0 (B, 1, 28, 28),
-    the t visited (n + 1,) and every x_t as uint8 frames (n + 1, B, 1, 28, 28), for plots and GIFs."""
+    """Reverse process from x_T to x_0; eps_fn(x_t, t) predicts eps, t an int in 1..T. Every step clips its x_0 to
+    [0, 1], takes the eps that matches it (unchanged where x_0 was inside), then a DDPM or DDIM step. Returns x_0
+    (B, 1, 28, 28), the t visited (n + 1,) and every x_t as uint8 frames (n + 1, B, 1, 28, 28), for plots and GIFs."""
     ts = timesteps(sampler, len(sched["beta"]) - 1, steps)
     x, frames = x_T, [to_uint8(x_T).cpu()]
     for t, t_prev in zip(ts[:-1], ts[1:]):
@@ -233,7 +221,6 @@ def sample(eps_fn, x_T, sched, sampler, steps, gen):
         x = ddpm_step(x, t, eps, sched, gen) if sampler == "ddpm" else ddim_step(x0, eps, t_prev, sched)
         frames.append(to_uint8(x).cpu())
     return x, torch.tensor(ts), torch.stack(frames)
-
 # --- the model: a ddpm_class.py checkpoint, and its guided eps ----------------------------------
 def load_ddpm_class(path, device):
     """The EMA weights of a ddpm_class.py checkpoint as an eval-mode UNet, its schedule, and its epochs."""
@@ -266,7 +253,6 @@ def guided_eps(model, y, w):
         eps_c, eps_u = model(torch.cat([x, x]), t_batch, torch.cat([y, null])).chunk(2)
         return eps_u + w * (eps_c - eps_u)
     return eps_fn
-
 # --- b-e: denoising from a noise level t: blur, one step, iterative; SDEdit; inpainting ---------
 def gaussian_blur(x, sigma):
     """x (B, 1, H, W) convolved with a normalised Gaussian of std sigma px, separably, edges reflected."""
@@ -297,7 +283,6 @@ def inpaint(eps_fn, x_orig, mask, sched, steps, gen):
         eps = torch.randn(x.shape, generator=gen).to(x.device)
         x = torch.where(mask, x, q_sample(x_orig, t_prev, eps, sched))
     return x
-
 # --- f-h: anagrams and hybrids, two noise estimates made one; DDIM inversion, slerp through x_T ---
 TRANSFORMS = {"half-turn": lambda x: x.rot90(2, (-2, -1)), "flip": lambda x: x.flip(-2)}  # R: both are their inverse
 
@@ -330,7 +315,6 @@ def slerp(a, b, alpha):
     """a, b (1, 1, 28, 28) at alpha (K, 1, 1, 1), along the sphere: |x_T| stays the size of Gaussian noise."""
     theta = ((a * b).sum() / (a.norm() * b.norm())).clamp(-1, 1).acos()     # the angle between a and b
     return (torch.sin((1 - alpha) * theta) * a + torch.sin(alpha * theta) * b) / torch.sin(theta)
-
 # --- c (1.7.1): your own drawing as an MNIST digit; a figure of captioned panels ----------------
 def load_drawing(path):
     """A PNG or JPEG of one digit, any size and polarity -> (1, 1, 28, 28) in [0, 1] made as MNIST was: white
@@ -368,7 +352,6 @@ def plot_cells(rows, path, title):
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
-
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
     # setup: flags, the model and its schedule, your drawing, MNIST's test digits: bad input stops here
@@ -509,10 +492,8 @@ def number(kind, lo, hi=math.inf, lo_included=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if value < lo or (value == lo and not lo_included) or value >= hi:
-            raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
         return value
     return parse
 
@@ -555,8 +536,8 @@ def read_idx(path, ndim):
         raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
-def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
+def load_mnist(data_dir, train=True, limit=0, device="cpu"):
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,), on device; limit > 0: N."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -572,14 +553,14 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images[:limit or None].unsqueeze(1).float().div(255), labels[:limit or None]  # limit 0: all
+    return images[:limit or None].unsqueeze(1).float().div(255).to(device), labels[:limit or None].to(device)
 # --- shared: atomic save ---
-def save_atomic(obj, path):
-    """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
+def save_atomic(obj, path, write=torch.save):
+    """write(obj, file) to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -605,7 +586,7 @@ def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
     fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
     ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=6)
+    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=7)
     ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [], fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

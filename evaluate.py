@@ -75,7 +75,6 @@ KID_SUBSETS, KID_SIZE = 10, 1000       # KID: mean over 10 subsets of min(1000, 
 CONF = 0.9                             # "confident": top softmax probability above this
 RANGE_TOL = 1e-3                       # pixels may stray this far outside [0, 1] (float rounding)
 MIN_ACC = 0.99                         # a classifier below this test accuracy gets a warning
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Score samples.pt files of generated MNIST digits")
@@ -99,7 +98,6 @@ def get_args(argv=None):
                    help="same seed, same numbers (training, floor digits, KID)")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
     return ap.parse_args(argv)
-
 # --- classifier ---------------------------------------------------------------------------------
 def conv_block(c_in, c_out):
     """conv3x3 -> BatchNorm -> ReLU -> 2x2 max-pool: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
@@ -107,7 +105,6 @@ def conv_block(c_in, c_out):
 
 class Classifier(nn.Module):
     """Small CNN; its 128-d penultimate layer is the feature space of FID and KID."""
-
     def __init__(self, feat_dim=128):
         super().__init__()
         self.features = nn.Sequential(conv_block(1, 32), conv_block(32, 64), nn.Flatten(),  # (B, 64 * 7 * 7)
@@ -154,7 +151,6 @@ def classify(model, x01, device, batch_size=1000):
     """Logits (N, 10) and float64 features (N, 128) on the CPU; eval mode (BatchNorm running stats)."""
     logits, feats = zip(*(model(x.to(device)) for x in x01.split(batch_size)))
     return torch.cat(logits).cpu(), torch.cat(feats).cpu().double()
-
 # --- metrics ------------------------------------------------------------------------------------
 def class_metrics(logits, y):
     """Histogram of predicted digits, its KL from uniform, confident fraction, accuracy vs y."""
@@ -208,7 +204,6 @@ def score(model, x01, y, ref, device, seed):
     m["fid"] = frechet_distance(*gaussian_stats(feats), ref["mu"], ref["cov"])
     m["kid"], m["kid_std"] = kid(feats, ref["feats"], seed)
     return m
-
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
     args = get_args(argv)
@@ -248,7 +243,6 @@ def main(argv=None):
     else:
         print(f"\nFID and KID against the {len(x_test)} test digits; lower is better, the real row is the floor.")
         print_table({**rows, f"real (train, {real['n']})": real})
-
 # --- inputs: samples files -----------------------------------------------------------------------
 def samples_path(arg):
     """A samples.pt file as given, or the samples.pt inside a run folder."""
@@ -307,7 +301,6 @@ def made_by(d):
         parts[-1] += f" from {config['guide_from']:g}"
     parts += [f"epoch {d['epoch']}"] if "epoch" in d else []
     return f" ({', '.join(parts)})" if parts else ""
-
 # --- classifier cache ----------------------------------------------------------------------------
 SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "mnist_classifier.pt")
 
@@ -377,7 +370,6 @@ def load_classifier(path):
     print(f"classifier: loaded {path} (trained {cache['epochs']} epochs on {cache['n_train']} digits, "
           f"test accuracy then {cache['test_acc']:.2%})")
     return model.eval()
-
 # --- output: the table ---------------------------------------------------------------------------
 def print_table(rows):
     """One line per row (the files, then the real floor), then per-digit accuracy and histograms."""
@@ -407,10 +399,8 @@ def number(kind, lo, hi=math.inf, lo_included=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if value < lo or (value == lo and not lo_included) or value >= hi:
-            raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
         return value
     return parse
 
@@ -453,8 +443,8 @@ def read_idx(path, ndim):
         raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
-def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
+def load_mnist(data_dir, train=True, limit=0, device="cpu"):
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,), on device; limit > 0: N."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -470,7 +460,7 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images[:limit or None].unsqueeze(1).float().div(255), labels[:limit or None]  # limit 0: all
+    return images[:limit or None].unsqueeze(1).float().div(255).to(device), labels[:limit or None].to(device)
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""

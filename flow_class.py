@@ -29,7 +29,7 @@ Conventions:
 Course (CS180 Fall 2025, 5B): own UNet, Adam 1e-2 decayed 10x (--lr 1e-2 --lr-decay 0.1 --weight-decay 0), w = 5.
     Ours is ddpm_class.py's training (AdamW 1e-3, EMA) but for 15 epochs, --guide-from 0.6 and the time input 1000 t.
 Writes to --out-dir (default runs/flow_class): ckpt.pt (every epoch, atomically), samples_epochNNN.png (epochs 1, 5,
-    10, 15, last), samples.png, strip.png, loss.png, guidance.png, trajectory.pt, snapshots.pt, samples.pt.
+    10, 15, last), samples.png, loss.png, guidance.png, trajectory.pt and snapshots.pt (make_gif.py), samples.pt.
 What you can delete for an assignment (the tail keeps runs safe): without --resume / --sample-only restore_run, the
     RNG state and open_run (call prepare_out_dir); Kaggle layouts; heun_step (Euler only); clip_x1 (--no-clip).
 """
@@ -58,7 +58,6 @@ GRID_ROWS = 8                          # samples.png and the snapshots: 8 rows o
 STEPS = 50                             # --steps default (the course's num_ts); the snapshots take --steps Euler steps
 TRAIN_KEYS = ("limit", "channels", "time_scale", "batch_size", "lr", "lr_decay", "weight_decay", "ema_decay",
               "p_uncond", "seed")
-
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Class-conditioned flow matching on MNIST with classifier-free guidance")
@@ -75,8 +74,7 @@ def get_args(argv=None):
     g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per optimizer step")
     g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3, help="AdamW learning rate")
     g.add_argument("--lr-decay", type=number(float, 0, lo_included=False), default=1.0,
-                   help="the lr is multiplied by this^(1 / epochs) after every epoch "
-                        "(the course: 0.1 with --lr 1e-2 --weight-decay 0)")
+                   help="lr times this^(1 / epochs) after every epoch (the course: 0.1, --lr 1e-2 --weight-decay 0)")
     g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam, as the course)")
     g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")
     g.add_argument("--p-uncond", type=number(float, 0, 1), default=0.1, help="fraction of labels dropped in training")
@@ -94,19 +92,14 @@ def get_args(argv=None):
     g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and samples go here")
     g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
     g.add_argument("--sample-only", action="store_true", help="load ckpt.pt and sample, no training")
-    g.add_argument("--ckpt", default="", help="sample from these weights instead of OUT_DIR/ckpt.pt (a file "
-                                              "in pretrained/ or another run's ckpt.pt); implies --sample-only")
+    g.add_argument("--ckpt", default="", help="sample this file (pretrained/, a run's ckpt.pt); implies --sample-only")
     g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
     args, given = parse_flags(ap, argv)  # given: the flags on the command line, which --resume checks
-    if args.ckpt and args.resume:
-        ap.error("--ckpt is for sampling (it implies --sample-only); --resume continues OUT_DIR/ckpt.pt")
-    args.sample_only = args.sample_only or bool(args.ckpt)
     if any(c % 8 for c in args.channels):
         ap.error(f"--channels must be multiples of 8 (GroupNorm uses 8 groups), got {args.channels}")
     args.nfe = count_nfe(args.sampler, args.steps)  # network evaluations per sample, kept in samples.pt's config
     return args, given
-
 # --- shared: flow path ---
 def interpolate(x0, x1, t):
     """x_t = (1 - t) x_0 + t x_1 for a batch of t (B,): the noise x_0 at t = 0, the digit x_1 at t = 1."""
@@ -118,10 +111,8 @@ def target_velocity(x0, x1):
     return x1 - x0
 
 def velocity(model, x_t, t, scale, y=None):
-    """u_theta(x_t, t), or u_theta(x_t, t, y), for a batch of t (B,) in [0, 1]: the UNet fed scale * t (--time-scale,
-    1000), since its sinusoidal embedding's frequencies run from 1 down to about 1/10000 per unit of its input."""
+    """u_theta(x_t, t[, y]), t (B,) in [0, 1]: the UNet fed scale * t, as its sinusoids (1 .. 1/10000) barely vary."""
     return model(x_t, scale * t, y)
-
 # --- shared: model blocks ---
 def time_embedding(t, dim):
     """Sinusoidal embedding of the step t (B,) -> (B, dim), as in the Transformer."""
@@ -132,7 +123,6 @@ def time_embedding(t, dim):
 
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, plus the (time) embedding, twice; residual connection."""
-
     def __init__(self, c_in, c_out, emb_dim):
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(8, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
@@ -148,7 +138,6 @@ class ResBlock(nn.Module):
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
-
     def __init__(self, c, heads=4):
         super().__init__()
         self.norm, self.qkv, self.proj = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
@@ -160,12 +149,10 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.transpose(-1, -2).unbind(1)     # each (B, heads, HW, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)   # softmax(q k^T / sqrt(d)) v
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
-
 # --- shared: UNet ---
 class UNet(nn.Module):
     """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes also the label y, embedded and added to t's embedding.
     28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated: faster, as good (RESULTS.md)."""
-
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
         c1, c2, c3 = channels
@@ -194,14 +181,11 @@ class UNet(nn.Module):
         h = self.up2(self.unpool2(h) + h2, emb)                   # (B, c1, 14, 14)
         h = self.up1(self.unpool1(h) + h1, emb)                   # (B, c1, 28, 28)
         return self.out(h)                                        # (B, 1, 28, 28)
-
 # --- guidance ----------------------------------------------------------------------------------
 def guided_velocity_fn(model, y, w, scale, guide_from=0.0):
-    """u(x_t, t) = u_u + w (u_c - u_u) for the digits y (B,): one forward pass on a doubled batch. w > 1 only from
-    t = guide_from on (min(w, 1) before): early, when x_t is mostly noise, extrapolating past u_c pushes every sample
-    of a digit toward one typical shape; later it sharpens a digit already chosen (RESULTS.md, "guidance interval")."""
+    """u(x_t, t) = u_u + w (u_c - u_u) for the digits y (B,), one pass on a doubled batch; w > 1 only from
+    t = guide_from on (min(w, 1) before): on near-pure noise w > 1 pushes a digit's samples to one shape, RESULTS.md."""
     y2 = torch.cat([y, torch.full_like(y, NULL)])                 # (2B,): the labels, then "no label"
-
     def u_fn(x, t):
         w_t = w if t >= guide_from else min(w, 1.0)  # the interval (t is exact: see flow_timesteps)
         if w_t in (0, 1):  # shortcut: u_u or u_c alone is one pass on B inputs
@@ -209,7 +193,6 @@ def guided_velocity_fn(model, y, w, scale, guide_from=0.0):
         u_c, u_u = velocity(model, torch.cat([x, x]), torch.full((2 * len(x),), t, device=x.device), scale, y2).chunk(2)
         return u_u + w_t * (u_c - u_u)
     return u_fn
-
 # --- shared: flow sampler ---
 def count_nfe(sampler, steps):
     """Network evaluations (NFE) per sample: Euler 1 per step; Heun 2, but 1 in its last step (see flow_sample)."""
@@ -258,7 +241,6 @@ def flow_sample(u_fn, x_0, sampler, steps):
             x = euler_step(x, t_next - t, u)
         frames.append(to_uint8(x).cpu())
     return x, ts, torch.stack(frames)
-
 # --- training step: the flow loss with labels dropped for guidance ------------------------------
 def flow_loss_cfg(model, x1, y, scale, p_uncond):
     """|| u - u_theta(x_t, t, y') ||^2 for digits x_1 (B, 1, 28, 28) in [0, 1], labels y (B,), x_0 ~ N(0, I),
@@ -268,17 +250,14 @@ def flow_loss_cfg(model, x1, y, scale, p_uncond):
     drop = torch.rand(len(y), device=y.device) < p_uncond         # per sample, not per batch
     y = torch.where(drop, torch.full_like(y, NULL), y)
     return F.mse_loss(velocity(model, interpolate(x0, x1, t), t, scale, y), target_velocity(x0, x1))
-
 # --- shared: EMA ---
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
-    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): a warm-up that forgets the
-    initial weights, and reaches --ema-decay only at step (10 decay - 1) / (1 - decay): 8,990 for 0.999, epoch 20 at
-    batch 128. Until then the warm-up, not --ema-decay, sets how long the average is."""
+    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): the warm-up forgets the
+    initial weights and sets the average's length until step (10 decay - 1) / (1 - decay) (8,990 for 0.999)."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
-
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
     # setup: flags and device; with --resume or --sample-only, the checkpoint (its flags are the run's)
@@ -310,8 +289,7 @@ def main(argv=None):
 
     # train: the whole set on the device, shuffled batches (no DataLoader); a checkpoint after every epoch
     if not args.sample_only and run["epoch"] < args.epochs:
-        x_all, y_all = load_mnist(args.data_dir, train=True, limit=args.limit)  # (N, 1, 28, 28) in [0, 1], (N,)
-        x_all, y_all = x_all.to(device), y_all.to(device)  # the digits x_1 and their labels
+        x_all, y_all = load_mnist(args.data_dir, limit=args.limit, device=device)  # the digits x_1 in [0, 1], labels
         print(f"training on {len(x_all)} digits")
         step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1  # step: optimizer steps so far
         for epoch in range(first, args.epochs + 1):
@@ -344,16 +322,13 @@ def main(argv=None):
         (", x_1 clipped" if args.clip else "")
     print(f"sample: {len(x_1)} digits, {label}, in {time.time() - t0:.1f} s")
     save_grid(x_1, os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}", row_labels)
-    first_of_row = frames[:, ::8]                                 # (steps + 1, rows, 1, 28, 28): one digit per row
-    plot_strip(first_of_row, ts, os.path.join(args.out_dir, "strip.png"), f"{SCRIPT}: noise to digits ({label})",
-               row_labels)
     save_atomic({"frames": frames, "t": ts, "y": y_grid.cpu(), "nrow": 8}, os.path.join(args.out_dir, "trajectory.pt"))
-    half = slice(None, None, 2)                                   # 4 digits per row, the same noise for each w
-    sweep = {w: flow_sample(u_guided(y_grid[half], w), x_0[half], args.sampler, args.steps)[0].cpu()
-             for w in GUIDANCE_SWEEP}
-    plot_guidance(sweep, os.path.join(args.out_dir, "guidance.png"), row_labels, 4,
-                  f"{SCRIPT}: u_u + w (u_c - u_u), w > 1 from t = {args.guide_from:g}, EMA, "
-                  f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}")
+    y_sweep, x_sweep = y_grid[::4], x_0[::4]                      # a row per w, every 4th grid digit, the same noise
+    sweep = [flow_sample(u_guided(y_sweep, w), x_sweep, args.sampler, args.steps)[0] for w in GUIDANCE_SWEEP]
+    save_grid(torch.cat(sweep), os.path.join(args.out_dir, "guidance.png"), len(y_sweep),
+              f"{SCRIPT}: u_u + w (u_c - u_u), w > 1 from t = {args.guide_from:g}, EMA, "
+              f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}",
+              [f"w={w:g}" for w in GUIDANCE_SWEEP], [str(d) for d in y_sweep.tolist()])
 
     # samples: N digits for evaluate.py, the requested digits in turn (0, 1, ..., 9, 0, 1, ...)
     if args.n_samples:
@@ -379,10 +354,8 @@ def number(kind, lo, hi=math.inf, lo_included=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if value < lo or (value == lo and not lo_included) or value >= hi:
-            raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
         return value
     return parse
 
@@ -425,8 +398,8 @@ def read_idx(path, ndim):
         raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
-def load_mnist(data_dir, train=True, limit=0):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,); limit > 0 keeps that many."""
+def load_mnist(data_dir, train=True, limit=0, device="cpu"):
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,), on device; limit > 0: N."""
     if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -442,14 +415,14 @@ def load_mnist(data_dir, train=True, limit=0):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images[:limit or None].unsqueeze(1).float().div(255), labels[:limit or None]  # limit 0: all
+    return images[:limit or None].unsqueeze(1).float().div(255).to(device), labels[:limit or None].to(device)
 # --- shared: atomic save ---
-def save_atomic(obj, path):
-    """torch.save to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
+def save_atomic(obj, path, write=torch.save):
+    """write(obj, file) to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -521,8 +494,11 @@ class EpochLog:
             self.run["epoch"], self.seconds = self.epoch, time.time() - self.t0
 # --- shared: checkpoints ---
 def open_run(args, given, script, train_keys):
-    """ckpt.pt's path, and for --resume or --sample-only the checkpoint (--ckpt, else ckpt.pt; None for a new run),
-    whose training flags the run takes: one given with another value is a one-line error. --epochs may grow."""
+    """ckpt.pt's path, and for --resume or --sample-only (--ckpt implies it) the checkpoint (--ckpt, else ckpt.pt; None
+    for a new run), whose training flags the run takes: one given with another value is an error. --epochs may grow."""
+    if args.ckpt and args.resume:
+        die("--ckpt is for sampling (it implies --sample-only); --resume continues OUT_DIR/ckpt.pt")
+    args.sample_only = args.sample_only or bool(args.ckpt)
     ckpt_path = prepare_out_dir(args.out_dir, args.resume or args.sample_only)
     path = args.ckpt or ckpt_path
     if not (args.resume or args.sample_only):
@@ -611,7 +587,7 @@ def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
     fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
     ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=6)
+    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=7)
     ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [], fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -619,19 +595,6 @@ def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
 def to_uint8(x):
     """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-# --- shared: plot strip ---
-def plot_strip(frames, ts, path, title, row_labels=None, n_cols=11):
-    """The reverse process, uint8 frames (steps + 1, rows, 1, 28, 28): a row per digit, n_cols steps, noise to digit."""
-    cols = torch.linspace(0, len(ts) - 1, min(n_cols, len(ts))).round().long()
-    x01 = frames[cols].transpose(0, 1).flatten(0, 1).float() / 255  # (rows * cols, 1, 28, 28), row after row
-    save_grid(x01, path, len(cols), title, row_labels, [f"t={ts[i].item():g}" for i in cols.tolist()])
-# --- shared: plot guidance ---
-def plot_guidance(grids, path, row_labels, ncol, title):
-    """{w: x (rows * ncol, 1, 28, 28)} -> one PNG (save_grid clamps): a panel of ncol columns per w, blanks between."""
-    rows, blank = len(row_labels), torch.ones(len(row_labels), 1, 1, 28, 28)
-    panels = torch.cat([torch.cat([x.view(rows, ncol, 1, 28, 28), blank], 1) for x in grids.values()], 1)[:, :-1]
-    col_labels = [f"w={w:g}" if c == (ncol - 1) // 2 else "" for w in grids for c in range(ncol + 1)][:-1]
-    save_grid(panels.flatten(0, 1), path, (ncol + 1) * len(grids) - 1, title, row_labels, col_labels)
 # --- shared: entry point ---
 def run_main(main):
     """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""

@@ -1,4 +1,5 @@
-r"""Animated GIFs of a diffusion or flow run: the reverse process (noise -> digits) and the training progress.
+r"""Animated GIFs of a diffusion or flow run: the reverse process (noise -> digits) and the training progress;
+a still strip of the reverse process (--strip), for a write-up.
 
 Reads the files that ddpm_time.py, ddpm_class.py and the flow-matching scripts write to their run folder.
 Needs no model code and no GPU: copy this file next to a run folder and run it. (GIF: the animation
@@ -6,6 +7,7 @@ extension of GIF89a, https://www.w3.org/Graphics/GIF/spec-gif89a.txt)
 
     python make_gif.py runs/ddpm_class                    # -> runs/ddpm_class/reverse.gif
     python make_gif.py runs/ddpm_class --progress         # -> runs/ddpm_class/progress.gif
+    python make_gif.py runs/ddpm_class --strip            # -> runs/ddpm_class/strip.png, a still for a write-up
     python make_gif.py runs/flow_time                     # a flow-matching run: no flag needed
     python make_gif.py runs/ddpm_time --scale 3 --stride 10 --fps 15 --out big.gif
 
@@ -44,18 +46,21 @@ PAD = 2           # white pixels between digits in the grid (before upscaling), 
 FLOW_SCALE = 300  # flow matching's noise level s = 1 - t in [0, 1] counts as FLOW_SCALE s steps (DDPM's T = 300)
 FPS = 8           # --fps default of the reverse process
 PROGRESS_FPS = 2  # --fps default with --progress
-
+STRIP_COLS = 11   # --strip: this many of the steps, evenly spaced from the noise to the digits
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
-    ap = argparse.ArgumentParser(description="Reverse-process or training-progress GIF of a diffusion or flow run")
+    ap = argparse.ArgumentParser(description="Reverse-process or training GIF (or strip) of a diffusion or flow run")
     ap.add_argument("run_dir", help="run folder of ddpm_time.py, ddpm_class.py or a flow script, e.g. runs/ddpm_class")
     ap.add_argument("--progress", action="store_true", help="GIF of the per-epoch sample grids instead")
+    ap.add_argument("--strip", action="store_true",
+                    help=f"a PNG instead: the first digit of each row at {STRIP_COLS} steps, noise to digit (of the "
+                         "flags below only --out and --scale apply)")
     g = ap.add_argument_group("frames")
     g.add_argument("--stride", type=number(int, 1), default=15, help="one frame every k steps of t, from t = T down")
     g.add_argument("--dense", type=number(int, 0), default=15,
                    help="also every frame with t <= N (digits sharpen there)")
     g = ap.add_argument_group("output")
-    g.add_argument("--out", default=None, help="GIF path (default RUN_DIR/reverse.gif or progress.gif)")
+    g.add_argument("--out", default=None, help="output path (default RUN_DIR/reverse.gif, progress.gif or strip.png)")
     g.add_argument("--fps", type=number(float, 0, lo_included=False), default=None,
                    help=f"frames per second, at most 50 (default {FPS}; {PROGRESS_FPS} with --progress)")
     g.add_argument("--hold", type=number(float, 0), default=2.0, help="extra seconds on the last frame before the loop")
@@ -64,10 +69,11 @@ def get_args(argv=None):
     g.add_argument("--levels", type=number(int, 2, 257), default=16,
                    help="grey levels, 2..256 (fewer: smaller file; 256: exact)")
     args = ap.parse_args(argv)
+    if args.progress and args.strip:
+        ap.error("--progress and --strip each make their own picture: pass one of them")
     if args.fps is not None and args.fps > 50:
         ap.error("--fps must be in (0, 50]: GIF delays are in 1/100 s, browsers slow down anything faster")
     return args
-
 # --- frames: which steps to show ----------------------------------------------------------------
 def pick_frames(t, stride, dense):
     """Indices of the frames to show, ascending, for the steps t (descending to 0: DDPM's t, or a flow's
@@ -91,7 +97,6 @@ def choose_frames(t, stride, dense):
         return keep, [f"t = {t[i].item():.2f}" for i in keep]
     keep = pick_frames(t.tolist(), stride, dense)
     return keep, [f"t = {t[i].item()}" for i in keep]
-
 # --- frames: what each one shows -----------------------------------------------------------------
 def tile(images, nrow):
     """(N, 1, H, W) uint8 -> one grid (rows (H + PAD) + PAD, cols (W + PAD) + PAD), white between
@@ -116,9 +121,9 @@ def draw_centered(draw, xy, text, font):
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     draw.text((xy[0] - (left + right) / 2, xy[1] - (top + bottom) / 2), text, fill=0, font=font)
 
-def render(images, text, row_labels, nrow, scale, font, px):
-    """One frame, mode "L": header with `text` on top, digit labels on the left (if any), then the
-    grid upscaled by nearest neighbour (so pixels stay sharp). The grid sits at the bottom right."""
+def render(images, text, row_labels, nrow, scale, font, px, col_labels=()):
+    """One frame, mode "L": header with `text` (or a label over each column) on top, digit labels on the left (if
+    any), then the grid upscaled by nearest neighbour (so pixels stay sharp). The grid sits at the bottom right."""
     grid = Image.fromarray(tile(images, nrow).numpy())
     grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     header, left = round(1.7 * px), round(1.4 * px) if row_labels else 0  # px: the font size
@@ -127,9 +132,11 @@ def render(images, text, row_labels, nrow, scale, font, px):
     draw = ImageDraw.Draw(canvas)
     _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
     draw.text((left + PAD * scale, (header - top - bottom) / 2), text, fill=0, font=font)
-    H = images.shape[-2]
+    H, W = images.shape[-2:]
     for r, label in enumerate(row_labels or []):  # centre of grid row r, in upscaled pixels
         draw_centered(draw, (left / 2, header + scale * (PAD + r * (H + PAD) + H / 2)), label, font)
+    for c, label in enumerate(col_labels):  # centre of grid column c
+        draw_centered(draw, (left + scale * (PAD + c * (W + PAD) + W / 2), header / 2), label, font)
     return canvas
 
 def to_palette(img, levels):
@@ -140,8 +147,7 @@ def to_palette(img, levels):
     p = Image.frombytes("P", img.size, index.tobytes())
     p.putpalette([round(k * 255 / (levels - 1)) for k in range(levels) for _ in range(3)])
     return p
-
-# --- GIF ---------------------------------------------------------------------------------------
+# --- GIF and strip -----------------------------------------------------------------------------
 def save_gif(frames, path, fps, hold):
     """Animated GIF that loops forever (loop=0); the last frame lasts `hold` seconds longer.
     Pillow merges identical consecutive frames, so count frames in the written file."""
@@ -156,6 +162,22 @@ def save_gif(frames, path, fps, hold):
     with Image.open(path) as gif:
         return gif.n_frames
 
+def save_strip(frames, t, nrow, row_labels, scale, font, px, path):
+    """One PNG: the first digit of each grid row, a row each, at STRIP_COLS of the steps evenly spaced from the
+    noise to the digits (both ends included), each column headed by its t. Returns its width, height, rows, columns."""
+    cols = torch.linspace(0, len(t) - 1, min(STRIP_COLS, len(t))).round().long().tolist()
+    images = frames[cols, ::nrow].transpose(0, 1).flatten(0, 1)   # (rows * cols, 1, H, W), row after row
+    heads = [f"t={t[i].item():.2f}" if t.is_floating_point() else f"t={t[i].item()}" for i in cols]
+    while px > 6 and max(font.getlength(h) for h in heads) > scale * (frames.shape[-1] + PAD) - 2:
+        px -= 1  # a smaller font, until each t fits over its column (--scale 1)
+        font = load_font(px)
+    picture = render(images, "", row_labels, len(cols), scale, font, px, heads)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        picture.save(path, format="PNG")
+    except OSError as e:
+        die(f"cannot write {path}: {e}")
+    return (*picture.size, len(images) // len(cols), len(cols))
 # --- main --------------------------------------------------------------------------------------
 def main(argv=None):
     # setup: flags and the run folder
@@ -178,10 +200,15 @@ def main(argv=None):
         images = [frames[i] for i in keep]
         name, fps = "reverse.gif", args.fps or FPS
 
-    # pictures: header, digit labels and the upscaled grid, in a small palette; then the GIF
+    # pictures: header, digit labels and the upscaled grid, in a small palette; then the GIF (or --strip's PNG)
     row_labels = [str(v) for v in y[::nrow].tolist()] if y is not None else None  # the first digit of each row
     px = 6 * args.scale + 6  # font size: 18 px at --scale 2, next to 56 px digits
     font = load_font(px)
+    if args.strip:  # a still, not a GIF
+        out = args.out or os.path.join(args.run_dir, "strip.png")
+        w, h, rows, cols = save_strip(frames, t, nrow, row_labels, args.scale, font, px, out)
+        print(f"wrote {out}: {w}x{h} px, {rows} rows of {cols} steps")
+        return
     pictures = [to_palette(render(x, s, row_labels, nrow, args.scale, font, px), args.levels)
                 for x, s in zip(images, texts)]
     out = args.out or os.path.join(args.run_dir, name)
@@ -189,7 +216,6 @@ def main(argv=None):
     w, h = pictures[0].size
     print(f"wrote {out}: {n} frame{'s' * (n != 1)} ({texts[0]} ... {texts[-1]}), {w}x{h} px, "
           f"{os.path.getsize(out) / 1024:.0f} KB, {fps:g} fps + {args.hold:g} s on the last frame")
-
 # --- inputs: the run files, checked ----------------------------------------------------------------
 def describe(x):
     return f"{x.dtype} tensor {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
@@ -262,10 +288,8 @@ def number(kind, lo, hi=math.inf, lo_included=True):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if value < lo or (value == lo and not lo_included) or value >= hi:
-            raise argparse.ArgumentTypeError(f"{text} is outside {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
         return value
     return parse
 

@@ -245,7 +245,7 @@ def bad_files(folder):
             "not an image": (["--image", text], "not a readable PNG or JPEG"),
             "empty image file": (["--image", empty], "not a readable PNG or JPEG"),
             "image of nothing": (["--image", blank], "holds no digit"),
-            "anagram digit": (["--anagram", "6", "12"], "argument --anagram: 12 is outside [0, 10)"),
+            "anagram digit": (["--anagram", "6", "12"], "argument --anagram: 12 is not in [0, 10)"),
             "odd pairs": (["--pairs", "1", "7", "3"], "two by two"),
             "level above 1": (["--levels", "0.5", "1.5"], "fractions t / T")}
 

@@ -268,7 +268,7 @@ def trained_run(request, tiny_mnist, tmp_path_factory):
 @pytest.mark.slow  # a copied-alone run of each flow script (the quick command leaves it out)
 def test_outputs(trained_run):
     script, out, stdout = trained_run
-    for name in ["samples.png", "samples_epoch001.png", "samples_epoch002.png", "loss.png", "strip.png"] + \
+    for name in ["samples.png", "samples_epoch001.png", "samples_epoch002.png", "loss.png"] + \
             (["guidance.png"] if script == "flow_class.py" else []):
         assert_png(os.path.join(out, name))
     assert f"NFE {STEPS}" in stdout and "img/s" in stdout

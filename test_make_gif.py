@@ -171,6 +171,37 @@ def test_progress_gif_one_frame_per_epoch_in_order(tmp_path):
         assert torch.equal(grid_of(frame, want), want)
 
 
+# --- the strip: one PNG ------------------------------------------------------------------------------
+def read_png(path):
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.mode == "L"
+        return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.height, im.width)
+
+
+def test_strip_first_digit_of_each_row_at_evenly_spaced_steps(tmp_path, capsys):
+    traj = fake_trajectory(T=20, n=12, nrow=4, labels=True)      # 3 grid rows of 4 digits, 21 frames
+    run = write_run(tmp_path / "run", traj)
+    make_gif.main([run, "--strip"])                               # default out: RUN/strip.png, --scale 2
+    cols = list(range(0, 21, 2))                                  # 11 of the 21 frames: t = 20, 18, ..., 0
+    want = expected_grid(torch.stack([traj["frames"][i, r * 4] for r in range(3) for i in cols]), len(cols), 2)
+    img = read_png(os.path.join(run, "strip.png"))
+    assert torch.equal(grid_of(img, want), want)                  # row r: digit 4 r, noise (t = 20) to digit (t = 0)
+    assert img.shape[1] > want.shape[1] and img.shape[0] > want.shape[0]   # a label column and a header row
+    assert (img[:img.shape[0] - want.shape[0], -want.shape[1]:] < 128).any()  # the t labels are drawn
+    assert "3 rows of 11 steps" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(run, "reverse.gif"))
+
+
+def test_strip_of_a_short_flow_run_shows_every_step(tmp_path):
+    traj = fake_flow_trajectory(steps=5, n=16, nrow=8, labels=False)  # 6 frames, fewer than STRIP_COLS
+    run = write_run(tmp_path / "run", traj)
+    out = tmp_path / "sub" / "s.png"
+    make_gif.main([run, "--strip", "--scale", "1", "--out", str(out)])
+    want = expected_grid(torch.stack([traj["frames"][i, r * 8] for r in range(2) for i in range(6)]), 6, 1)
+    img = read_png(out)
+    assert torch.equal(grid_of(img, want), want) and img.shape[1] == want.shape[1]  # no labels: no label column
+
+
 def test_copied_alone_into_an_empty_folder(tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()
@@ -231,7 +262,7 @@ def test_bad_input_in_a_real_process(tmp_path):
 
 @pytest.mark.parametrize("flags", [["--fps", "0"], ["--scale", "0"], ["--stride", "0"], ["--levels", "1"],
                                    ["--fps", "51"], ["--fps", "nan"], ["--hold", "inf"], ["--scale", "17"],
-                                   ["--levels", "257"], ["--dense", "-1"]])
+                                   ["--levels", "257"], ["--dense", "-1"], ["--progress", "--strip"]])
 def test_bad_flags(tmp_path, flags, capsys):
     with pytest.raises(SystemExit) as e:
         make_gif.main([str(tmp_path), *flags])

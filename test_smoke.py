@@ -30,10 +30,13 @@ def trained_run(request, tiny_mnist, tmp_path_factory):
 
 def test_ddpm_outputs_exist_and_are_valid(trained_run):
     script, out, stdout = trained_run
-    pngs = ["samples.png", "samples_epoch001.png", "loss.png", "strip.png"]
+    pngs = ["samples.png", "samples_epoch001.png", "loss.png"]
     pngs += ["guidance.png"] if script == "ddpm_class.py" else []
     for name in pngs:
         assert_png(os.path.join(out, name))
+    assert not os.path.exists(os.path.join(out, "strip.png"))  # make_gif.py --strip draws it from trajectory.pt:
+    run_script("make_gif.py", out, "--strip")
+    assert_png(os.path.join(out, "strip.png"))
     assert os.path.exists(os.path.join(out, "samples_epoch002.png"))  # the last epoch, too
     for key in ("img/s", "s/epoch", "parameters", "samples.pt"):
         assert key in stdout
