@@ -1,5 +1,5 @@
-"""The shipped weights in pretrained/: each file loads with its script's --ckpt and draws digits, is small,
-and says how it was made; the shipped ddpm_class.pt draws the digit asked for (real MNIST classifier);
+"""The shipped weights in pretrained/: each file loads with its script's --ckpt and draws digits (the class
+scripts' guidance figure included), is small, and says how it was made; the shipped ddpm_class.pt draws the digit asked for (real MNIST classifier);
 evaluate.py's shipped classifier loads and says how it was made.
 
     pytest -q test_pretrained.py                   # quick: every shipped file, a few digits each
@@ -101,6 +101,31 @@ def test_shipped_weights_load_and_draw_digits(path, tmp_path, tiny_mnist, monkey
     if "class" in name:
         assert (s["y"] == 3).all()
     assert not (out / "ckpt.pt").exists(), "sampling must not write a checkpoint"
+
+
+@pytest.mark.parametrize("name", ["ddpm_class", "flow_class"])
+def test_guidance_figure_a_row_per_w_on_the_grids_noise(name, tmp_path, monkeypatch, one_thread):
+    """guidance.png: a row per w, every 4th digit of the samples.png grid as columns, labelled with its digit; at the
+    run's own w a row redraws those grid digits (the same noise and sampler)."""
+    path = os.path.join(HERE, "pretrained", f"{name}.pt")
+    if not os.path.exists(path):
+        pytest.skip(f"pretrained/{name}.pt not shipped")
+    script = importlib.import_module(name)
+    flags, constants = QUICK[name]
+    for k, v in constants.items():
+        monkeypatch.setattr(script, k, v)
+    drawn, real_save_grid = {}, script.save_grid
+
+    def spy(x, path, *args):  # what each PNG shows
+        drawn[os.path.basename(path)] = (x, *args)
+        return real_save_grid(x, path, *args)
+    monkeypatch.setattr(script, "save_grid", spy)
+    script.main(list(map(str, ["--ckpt", path, "--out-dir", tmp_path, "--device", "cpu", *flags[:-1], 3, 7])))
+    x, nrow, _, row_labels, col_labels = drawn["guidance.png"]
+    assert nrow == 16 and row_labels == ["w=0", "w=5"] and col_labels == ["3"] * 8 + ["7"] * 8  # 4 grid rows each
+    assert x.shape == (2 * 16, 1, 28, 28) and not torch.allclose(x[:16], x[16:], atol=0.1)
+    grid = drawn["samples.png"][0]                                 # 64 digits, w = 5 (the default)
+    assert torch.allclose(x[16:], grid[::4], atol=1e-3)
 
 
 # --- real MNIST ------------------------------------------------------------------------------------
