@@ -23,6 +23,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ddpm_class as D  # noqa: E402  the script under test, imported as a module
+from tools.with_levers import foreach_ema_update, lever_model  # noqa: E402
 
 
 def matmul_gflops(n=2048, reps=10):
@@ -34,7 +35,8 @@ def matmul_gflops(n=2048, reps=10):
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def make_setup(batch_size=128, lr=1e-3, model_fn=None, opt_kwargs=None, memory_format=torch.channels_last):
+def make_setup(batch_size=128, lr=1e-3, model_fn=None, opt_kwargs=None, memory_format=torch.channels_last,
+               ema_update=D.ema_update):
     """The default run's model, EMA, optimizer, loss and flags, on the CPU."""
     args, _ = D.get_args(["--batch-size", str(batch_size), "--lr", str(lr), "--device", "cpu"])
     torch.manual_seed(0)
@@ -43,7 +45,7 @@ def make_setup(batch_size=128, lr=1e-3, model_fn=None, opt_kwargs=None, memory_f
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, **(opt_kwargs or {}))
     sched = D.make_schedule(args.T, args.schedule, "cpu")
     loss_fn = lambda m, x0, y: D.ddpm_loss_cfg(m, x0, y, sched, args.p_uncond)  # noqa: E731
-    return dict(model=model, ema=ema, opt=opt, loss_fn=loss_fn, args=args)
+    return dict(model=model, ema=ema, opt=opt, loss_fn=loss_fn, args=args, ema_update=ema_update)
 
 
 def train_epoch(setup, x_all, y_all):
@@ -56,7 +58,7 @@ def train_epoch(setup, x_all, y_all):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            D.ema_update(ema, model, args.ema_decay, step)
+            setup["ema_update"](ema, model, args.ema_decay, step)
             log.step(loss, len(idx))
     return log.seconds
 
@@ -144,6 +146,8 @@ def lever_setups():
         "NCHW instead of channels_last": lambda: make_setup(memory_format=torch.contiguous_format),
         "fused AdamW": lambda: make_setup(opt_kwargs={"fused": True}),
         "foreach AdamW off": lambda: make_setup(opt_kwargs={"foreach": False}),
+        "foreach EMA": lambda: make_setup(ema_update=foreach_ema_update),
+        "bf16 autocast": lambda: make_setup(model_fn=lambda: lever_model(D.UNet, {"bf16"})((16, 64, 64), n_classes=11)),
         "batch 256, lr 2e-3": lambda: make_setup(batch_size=256, lr=2e-3),
         "concatenated skips": lambda: make_setup(model_fn=lambda: ConcatUNet((16, 64, 64), n_classes=11)),
         "widths 16 32 64": lambda: make_setup(model_fn=lambda: D.UNet((16, 32, 64), n_classes=11)),

@@ -13,8 +13,11 @@ usage: bash tools/gpu_check.sh [options] [MNIST]
                  holding the four gzipped files (train-images-idx3-ubyte.gz, ...), unpacked to a temp folder.
                  Nothing is downloaded.
   --epochs N     training epochs of each timed run (default 2)
-  --cpu-dry-run  the same pipeline on the CPU, small (--limit 512 --channels 8 8 8, 1 epoch, 100 digits):
-                 checks this script where there is no GPU; its times mean nothing
+  --levers      instead of the tests and timings: ddpm_class.py's speed levers (tools/with_levers.py), each on
+                 its own and together, a training run of N epochs each with 1,000 guided digits, all scored by one
+                 evaluate.py; a table of each lever's img/s against the default, and its accuracy and FID
+  --cpu-dry-run  the same pipeline on the CPU, small (--limit 512 --channels 8 8 8, 1 epoch, 100 digits; with
+                 --levers 2 epochs and fewer levers): checks this script where there is no GPU; its times mean nothing
   -h, --help     this text
 
 It runs `pytest -m cuda test_cuda.py` (MNIST_DIR set, so the real-MNIST test runs too), then for
@@ -22,7 +25,8 @@ ddpm_class.py and flow_class.py: a training run (--epochs N, default flags other
 1,000 guided digits (--sample-only --n-samples 1000) and evaluate.py's accuracy and FID; then the table.
 Without a GPU it runs the cuda tests (they skip), says the timings need a GPU, and exits 0.
 Environment: PYTHON (default python), KEEP=1 keeps the work folder (it is kept anyway when a step fails),
-BUDGET_S (default 480: every step is cut off so that the whole ends within it).
+BUDGET_S (default 480: every step is cut off so that the whole ends within it; with --levers, a lever run
+is not started with under 60 s left, and 40 s are kept for evaluate.py).
 Exit status: 0 when every step passed, 1 when a test or a run failed, 2 on bad arguments or MNIST not found.
 EOF
 }
@@ -30,6 +34,7 @@ EOF
 # --- arguments --------------------------------------------------------------------------------------
 EPOCHS=2
 DRY_RUN=0
+LEVERS=0
 MNIST="${MNIST_DIR:-}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -37,6 +42,7 @@ while [ $# -gt 0 ]; do
         --epochs) [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "error: --epochs needs a positive integer" >&2; exit 2; }
                   EPOCHS="$2"; shift 2 ;;
         --cpu-dry-run) DRY_RUN=1; shift ;;
+        --levers) LEVERS=1; shift ;;
         -*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) MNIST="$1"; shift ;;
     esac
@@ -62,6 +68,21 @@ trap on_exit EXIT
 say() { printf '[%4d s] %s\n' "$((SECONDS - START))" "$*"; }
 die() { echo "error: $*" >&2; exit 2; }
 left() { echo $((BUDGET_S - (SECONDS - START))); }   # seconds left of the budget
+timed() {  # timed LOG CMD...: stdout to LOG, stderr to LOG.err, within what is left of the budget; sets SECS
+    local log="$1" t0=$SECONDS rc=0 budget
+    shift
+    budget=$(left)
+    if [ "$budget" -le 10 ]; then
+        echo "  skipped: the ${BUDGET_S} s budget is spent"; SECS=0; return 124
+    fi
+    timeout "$budget" "$@" > "$log" 2> "$log.err" || rc=$?
+    SECS=$((SECONDS - t0))
+    if [ "$rc" -ne 0 ]; then
+        tail -n 5 "$log"; tail -n 15 "$log.err"
+        [ "$rc" -ne 124 ] || echo "  cut off: the ${BUDGET_S} s budget ran out"
+    fi
+    return "$rc"
+}
 
 # --- MNIST: the four IDX files in one folder, whatever the layout given ---------------------------------
 NAMES=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte)
@@ -118,25 +139,105 @@ else
 fi
 if [ "$DRY_RUN" = 1 ]; then
     DEVICE=cpu
-    EPOCHS=1
+    EPOCHS=$((LEVERS + 1))   # with --levers 2: the second epoch is the steady rate
 fi
 [ -z "$DEVICE" ] || [ -n "$DATA" ] || die "no MNIST given: pass its folder (or set MNIST_DIR); see --help"
 
-# --- 1. the cuda tests ----------------------------------------------------------------------------------
-say "cuda tests: pytest -m cuda test_cuda.py${DATA:+ (real MNIST from $MNIST)}"
-TESTS="failed"
-if MNIST_DIR="$DATA" timeout "$(( $(left) < 270 ? $(left) : 270 ))" \
-        "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider test_cuda.py > "$WORK/tests.log" 2>&1; then
-    TESTS="ok"
-else
-    FAILED=1
-    tail -n 30 "$WORK/tests.log"
+if [ "$LEVERS" = 0 ]; then
+    # --- 1. the cuda tests ----------------------------------------------------------------------------------
+    XDIST=()   # on a GPU machine, 4 test processes at once (each test is a few short runs, mostly start-up)
+    [ "$HAS_GPU" = 0 ] || ! "$PYTHON" -c "import xdist" 2>/dev/null || XDIST=(-n 4)
+    say "cuda tests: pytest -m cuda ${XDIST[*]:+${XDIST[*]} }test_cuda.py${DATA:+ (real MNIST from $MNIST)}"
+    TESTS="failed"
+    if MNIST_DIR="$DATA" timeout "$(( $(left) < 270 ? $(left) : 270 ))" \
+            "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} test_cuda.py \
+            > "$WORK/tests.log" 2>&1; then
+        TESTS="ok"
+    else
+        FAILED=1
+        tail -n 30 "$WORK/tests.log"
+    fi
+    SUMMARY="$(grep -E '(passed|failed|skipped|error)' "$WORK/tests.log" | tail -n 1 || true)"
+    say "cuda tests: $TESTS: $SUMMARY"
 fi
-SUMMARY="$(grep -E '(passed|failed|skipped|error)' "$WORK/tests.log" | tail -n 1 || true)"
-say "cuda tests: $TESTS: $SUMMARY"
 
 if [ -z "$DEVICE" ]; then
-    say "no CUDA GPU here: the cuda tests skipped; the timings need a GPU (or --cpu-dry-run to check this script)"
+    say "no CUDA GPU here: $([ "$LEVERS" = 0 ] && echo "the cuda tests skipped; ")the timings need a GPU" \
+        "(or --cpu-dry-run to check this script)"
+    exit "$FAILED"
+fi
+
+# --- the levers (--levers): ddpm_class.py with each speed lever, its img/s, accuracy and FID ------------
+if [ "$LEVERS" = 1 ]; then
+    # label | levers (tools/with_levers.py) | extra flags; the default twice (two seeds: how far FID moves by chance)
+    # in this order until the budget is spent: the issue's levers first (foreach EMA, bf16, CUDA graphs, memory
+    # format, batch size with its learning rate), then those three together, then the rest
+    RUNS=("default|none|" "default, --seed 1|none|--seed 1" "foreach EMA|foreach-ema|" "bf16 autocast|bf16|"
+          "torch.compile reduce-overhead (CUDA graphs)|compile-ro|" "NCHW, not channels_last|nchw|"
+          "batch 256, lr 2e-3|none|--batch-size 256 --lr 2e-3"
+          "foreach EMA + bf16 + compile reduce-overhead|foreach-ema,bf16,compile-ro|"
+          "batch 512, lr 2e-3|none|--batch-size 512 --lr 2e-3" "torch.compile (default mode)|compile|"
+          "fused AdamW|fused-adamw|"
+          "the three + batch 256, lr 2e-3|foreach-ema,bf16,compile-ro|--batch-size 256 --lr 2e-3")
+    EXTRA=(); N_SAMPLES=1000
+    if [ "$DRY_RUN" = 1 ]; then
+        RUNS=("${RUNS[@]:0:4}" "${RUNS[5]}" "${RUNS[7]}")   # the CPU compiles slowly: one compiled run
+        EXTRA=(--limit 512 --channels 8 8 8); N_SAMPLES=100; export OMP_NUM_THREADS=1
+    fi
+    FILES=(); LABELS=(); STATS=()
+    for i in "${!RUNS[@]}"; do
+        IFS='|' read -r label levers flags <<< "${RUNS[$i]}"
+        if [ "$(left)" -lt 100 ]; then say "lever $label: skipped, under 100 s of the budget left"; continue; fi
+        out="$WORK/levers/$i"
+        say "lever $label: ddpm_class.py, $EPOCHS epochs, $N_SAMPLES digits"
+        t0=$SECONDS
+        # shellcheck disable=SC2086  # $flags: separate words
+        if timeout "$(( $(left) - 40 ))" "$PYTHON" -u tools/with_levers.py "$levers" ddpm_class.py --data-dir "$DATA" \
+                --out-dir "$out" --epochs "$EPOCHS" --device "$DEVICE" --n-samples "$N_SAMPLES" \
+                ${EXTRA[@]+"${EXTRA[@]}"} $flags > "$WORK/lever$i.log" 2>&1; then
+            first="$(sed -nE 's/^epoch 1: ([0-9.]+) s.*/\1/p' "$WORK/lever$i.log")"
+            last="$(sed -nE "s/^epoch $EPOCHS: ([0-9.]+) s, ([0-9]+) img\/s/\1 \2/p" "$WORK/lever$i.log")"
+            FILES+=("$out/samples.pt"); LABELS+=("$label"); STATS+=("$first $last $((SECONDS - t0))")
+            say "lever $label: epoch 1 $first s; epoch $EPOCHS ${last% *} s, ${last#* } img/s;" \
+                "$((SECONDS - t0)) s in all"
+        else
+            FAILED=1; tail -n 15 "$WORK/lever$i.log"
+        fi
+    done
+    [ ${#FILES[@]} -gt 0 ] || exit 1
+    say "evaluate.py: ${#FILES[@]} sample sets"
+    timed "$WORK/levers.json" "$PYTHON" evaluate.py "${FILES[@]}" --data-dir "$DATA" --json --device "$DEVICE" \
+        || FAILED=1
+    echo
+    echo "$MACHINE; $(date -u +%Y-%m-%d); ddpm_class.py, $EPOCHS epochs, $N_SAMPLES guided digits each$( \
+        [ "$DRY_RUN" = 1 ] && echo ", --cpu-dry-run: --limit 512 --channels 8 8 8")"
+    echo
+    "$PYTHON" - "$WORK/levers.json" "$EPOCHS" "${FILES[@]}" -- "${LABELS[@]}" -- "${STATS[@]}" <<'EOF'
+import json, sys
+path, epochs, rest = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+cut = rest.index("--"); files, rest = rest[:cut], rest[cut + 1:]
+cut = rest.index("--"); labels, stats = rest[:cut], [s.split() for s in rest[cut + 1:]]
+try:
+    scores = json.load(open(path))["files"]
+except (OSError, ValueError, KeyError):
+    scores = {}
+base = float(stats[0][2]) if labels[0] == "default" else None
+print(f"| lever (alone, or as named) | epoch 1 s (warm-up, compile) | epoch {epochs} img/s | x default | "
+      f"20 epochs s (computed) | whole run s | accuracy | FID |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for f, label, (first, last_s, rate, whole) in zip(files, labels, stats):
+    row = scores.get(f, {})
+    acc, fid = (f"{100 * row['acc']:.2f}%", f"{row['fid']:.2f}") if row else ("-", "-")
+    ratio = f"{float(rate) / base:.2f}" if base else "-"
+    print(f"| {label} | {float(first):.1f} | {rate} | {ratio} | {float(first) + 19 * float(last_s):.0f} | {whole} | "
+          f"{acc} | {fid} |")
+EOF
+    echo
+    echo "epoch $EPOCHS img/s: the steady rate of the training steps (tools/with_levers.py's per-epoch line, after"
+    echo "a cuda sync); 20 epochs s: epoch 1 + 19 x epoch $EPOCHS, computed, training only; whole run s: the training"
+    echo "command with its figures and the $N_SAMPLES digits. Accuracy and FID: evaluate.py, shipped classifier,"
+    echo "10,000 test digits; the two default rows (two seeds) show how far they move by chance."
+    say "done in $((SECONDS - START)) s"
     exit "$FAILED"
 fi
 
@@ -150,22 +251,6 @@ fi
 declare -A DEFAULT_EPOCHS=([ddpm_class]=20 [flow_class]=15)   # the scripts' --epochs defaults
 ROWS=()
 ESTIMATES=()
-
-timed() {  # timed LOG CMD...: stdout to LOG, stderr to LOG.err, within what is left of the budget; sets SECS
-    local log="$1" t0=$SECONDS rc=0 budget
-    shift
-    budget=$(left)
-    if [ "$budget" -le 10 ]; then
-        echo "  skipped: the ${BUDGET_S} s budget is spent"; SECS=0; return 124
-    fi
-    timeout "$budget" "$@" > "$log" 2> "$log.err" || rc=$?
-    SECS=$((SECONDS - t0))
-    if [ "$rc" -ne 0 ]; then
-        tail -n 5 "$log"; tail -n 15 "$log.err"
-        [ "$rc" -ne 124 ] || echo "  cut off: the ${BUDGET_S} s budget ran out"
-    fi
-    return "$rc"
-}
 
 for s in ddpm_class flow_class; do
     out="$WORK/runs/$s"
