@@ -77,6 +77,7 @@ def test_a_lever_changes_only_the_training_forward():
     (["none", "nothing.py"], "not one of the training scripts"),
     (["none", "evaluate.py"], "trains nothing"),
     (["foreach-ema", "denoise_single_step.py"], "keeps no EMA"),
+    (["nchw,fused-adamw", "denoise_single_step.py"], "has no AdamW"),  # checked before nchw patches the model
 ])
 def test_bad_input_is_one_line_and_changes_nothing(argv, message, monkeypatch, capsys):
     """Each is caught before the script is patched or run (so it can run in this process)."""

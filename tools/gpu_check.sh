@@ -13,7 +13,7 @@ usage: bash tools/gpu_check.sh [options] [MNIST]
                  holding the four gzipped files (train-images-idx3-ubyte.gz, ...), unpacked to a temp folder.
                  Nothing is downloaded.
   --epochs N     training epochs of each timed run (default 2)
-  --levers      instead of the tests and timings: ddpm_class.py's speed levers (tools/with_levers.py), each on
+  --levers       instead of the tests and timings: ddpm_class.py's speed levers (tools/with_levers.py), each on
                  its own and together, a training run of N epochs each with 1,000 guided digits, all scored by one
                  evaluate.py; a table of each lever's img/s against the default, and its accuracy and FID
   --cpu-dry-run  the same pipeline on the CPU, small (--limit 512 --channels 8 8 8, 1 epoch, 100 digits; with
@@ -26,7 +26,7 @@ ddpm_class.py and flow_class.py: a training run (--epochs N, default flags other
 Without a GPU it runs the cuda tests (they skip), says the timings need a GPU, and exits 0.
 Environment: PYTHON (default python), KEEP=1 keeps the work folder (it is kept anyway when a step fails),
 BUDGET_S (default 480: every step is cut off so that the whole ends within it; with --levers, a lever run
-is not started with under 60 s left, and 40 s are kept for evaluate.py).
+gets at most 240 s, none starts with under 100 s left, and the last 40 s are kept for evaluate.py).
 Exit status: 0 when every step passed, 1 when a test or a run failed, 2 on bad arguments or MNIST not found.
 EOF
 }
@@ -184,53 +184,70 @@ if [ "$LEVERS" = 1 ]; then
         RUNS=("${RUNS[@]:0:4}" "${RUNS[5]}" "${RUNS[7]}")   # the CPU compiles slowly: one compiled run
         EXTRA=(--limit 512 --channels 8 8 8); N_SAMPLES=100; export OMP_NUM_THREADS=1
     fi
-    FILES=(); LABELS=(); STATS=()
+    ROWS_TSV="$WORK/levers.tsv"; : > "$ROWS_TSV"   # label, samples file, epoch 1 s, epoch N s, img/s, s, status
+    FILES=()
+    [ "$DEVICE" = cuda ] && say "compilers: triton $("$PYTHON" -c 'import triton; print(triton.__version__)' \
+        2>/dev/null || echo missing); $(cc --version 2>/dev/null | head -n 1 || echo 'no C compiler (cc)')"
     for i in "${!RUNS[@]}"; do
         IFS='|' read -r label levers flags <<< "${RUNS[$i]}"
-        if [ "$(left)" -lt 100 ]; then say "lever $label: skipped, under 100 s of the budget left"; continue; fi
-        out="$WORK/levers/$i"
-        say "lever $label: ddpm_class.py, $EPOCHS epochs, $N_SAMPLES digits"
-        t0=$SECONDS
-        # shellcheck disable=SC2086  # $flags: separate words
-        if timeout "$(( $(left) - 40 ))" "$PYTHON" -u tools/with_levers.py "$levers" ddpm_class.py --data-dir "$DATA" \
-                --out-dir "$out" --epochs "$EPOCHS" --device "$DEVICE" --n-samples "$N_SAMPLES" \
-                ${EXTRA[@]+"${EXTRA[@]}"} $flags > "$WORK/lever$i.log" 2>&1; then
-            first="$(sed -nE 's/^epoch 1: ([0-9.]+) s.*/\1/p' "$WORK/lever$i.log")"
-            last="$(sed -nE "s/^epoch $EPOCHS: ([0-9.]+) s, ([0-9]+) img\/s/\1 \2/p" "$WORK/lever$i.log")"
-            FILES+=("$out/samples.pt"); LABELS+=("$label"); STATS+=("$first $last $((SECONDS - t0))")
-            say "lever $label: epoch 1 $first s; epoch $EPOCHS ${last% *} s, ${last#* } img/s;" \
-                "$((SECONDS - t0)) s in all"
-        else
-            FAILED=1; tail -n 15 "$WORK/lever$i.log"
+        if [ "$(left)" -lt 100 ]; then
+            say "lever $label: skipped, under 100 s of the budget left"
+            printf '%s\t-\t-\t-\t-\t-\tskipped: the budget\n' "$label" >> "$ROWS_TSV"; continue
         fi
+        out="$WORK/levers/$i"
+        log="$WORK/lever$i.log"
+        cap=$(( $(left) - 40 < 240 ? $(left) - 40 : 240 ))   # 40 s kept for evaluate.py; no run takes them all
+        say "lever $label: ddpm_class.py, $EPOCHS epochs, $N_SAMPLES digits (at most $cap s)"
+        t0=$SECONDS; rc=0
+        # each run compiles into a fresh cache: a compiled row's epoch 1 holds its whole compile, whatever ran before
+        # shellcheck disable=SC2086  # $flags: separate words
+        TORCHINDUCTOR_CACHE_DIR="$WORK/inductor$i" TRITON_CACHE_DIR="$WORK/triton$i" timeout "$cap" \
+            "$PYTHON" -u tools/with_levers.py "$levers" ddpm_class.py --data-dir "$DATA" --out-dir "$out" \
+            --epochs "$EPOCHS" --device "$DEVICE" --n-samples "$N_SAMPLES" ${EXTRA[@]+"${EXTRA[@]}"} $flags \
+            > "$log" 2>&1 || rc=$?
+        first="$(sed -nE 's/^epoch 1: ([0-9.]+) s.*/\1/p' "$log")"
+        read -r last rate < <(sed -nE "s/^epoch $EPOCHS: ([0-9.]+) s, ([0-9]+) img\/s/\1 \2/p" "$log") || true
+        status=ok
+        if [ "$rc" -ne 0 ]; then
+            FAILED=1; status="$([ "$rc" = 124 ] && echo "cut off at $cap s" || echo "failed ($rc)")"
+            tail -n 15 "$log"
+        fi
+        samples="-"; [ "$rc" -ne 0 ] || { samples="$out/samples.pt"; FILES+=("$samples"); }
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$samples" "${first:--}" "${last:--}" "${rate:--}" \
+            "$((SECONDS - t0))" "$status" >> "$ROWS_TSV"
+        say "lever $label: $status; epoch 1 ${first:--} s; epoch $EPOCHS ${last:--} s, ${rate:--} img/s;" \
+            "$((SECONDS - t0)) s in all"
     done
-    [ ${#FILES[@]} -gt 0 ] || exit 1
-    say "evaluate.py: ${#FILES[@]} sample sets"
-    timed "$WORK/levers.json" "$PYTHON" evaluate.py "${FILES[@]}" --data-dir "$DATA" --json --device "$DEVICE" \
-        || FAILED=1
+    if [ ${#FILES[@]} -gt 0 ]; then
+        say "evaluate.py: ${#FILES[@]} sample sets"
+        timed "$WORK/levers.json" "$PYTHON" evaluate.py "${FILES[@]}" --data-dir "$DATA" --json --device "$DEVICE" \
+            || FAILED=1
+    else
+        say "no lever run finished: nothing to score"
+    fi
     echo
     echo "$MACHINE; $(date -u +%Y-%m-%d); ddpm_class.py, $EPOCHS epochs, $N_SAMPLES guided digits each$( \
         [ "$DRY_RUN" = 1 ] && echo ", --cpu-dry-run: --limit 512 --channels 8 8 8")"
     echo
-    "$PYTHON" - "$WORK/levers.json" "$EPOCHS" "${FILES[@]}" -- "${LABELS[@]}" -- "${STATS[@]}" <<'EOF'
+    "$PYTHON" - "$ROWS_TSV" "$WORK/levers.json" "$EPOCHS" <<'EOF'
 import json, sys
-path, epochs, rest = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-cut = rest.index("--"); files, rest = rest[:cut], rest[cut + 1:]
-cut = rest.index("--"); labels, stats = rest[:cut], [s.split() for s in rest[cut + 1:]]
+rows_path, scores_path, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = [line.rstrip("\n").split("\t") for line in open(rows_path) if line.strip()]
 try:
-    scores = json.load(open(path))["files"]
+    scores = json.load(open(scores_path))["files"]
 except (OSError, ValueError, KeyError):
     scores = {}
-base = float(stats[0][2]) if labels[0] == "default" else None
+num = lambda v: float(v) if v != "-" else None  # noqa: E731
+base = next((num(r[4]) for r in rows if r[0].startswith("default") and num(r[4])), None)
 print(f"| lever (alone, or as named) | epoch 1 s (warm-up, compile) | epoch {epochs} img/s | x default | "
-      f"20 epochs s (computed) | whole run s | accuracy | FID |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
-for f, label, (first, last_s, rate, whole) in zip(files, labels, stats):
-    row = scores.get(f, {})
-    acc, fid = (f"{100 * row['acc']:.2f}%", f"{row['fid']:.2f}") if row else ("-", "-")
-    ratio = f"{float(rate) / base:.2f}" if base else "-"
-    print(f"| {label} | {float(first):.1f} | {rate} | {ratio} | {float(first) + 19 * float(last_s):.0f} | {whole} | "
-          f"{acc} | {fid} |")
+      f"20 epochs s (computed) | whole run s | accuracy | FID | run |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+for label, samples, first, last, rate, whole, status in rows:
+    score = scores.get(samples, {})
+    acc, fid = (f"{100 * score['acc']:.2f}%", f"{score['fid']:.2f}") if score else ("-", "-")
+    ratio = f"{num(rate) / base:.2f}" if base and num(rate) else "-"
+    total = f"{num(first) + 19 * num(last):.0f}" if num(first) and num(last) else "-"
+    print(f"| {label} | {first} | {rate} | {ratio} | {total} | {whole} | {acc} | {fid} | {status} |")
 EOF
     echo
     echo "epoch $EPOCHS img/s: the steady rate of the training steps (tools/with_levers.py's per-epoch line, after"

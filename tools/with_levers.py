@@ -4,10 +4,11 @@ the script as it is. The script's own flags pass through unchanged; batch size a
     python tools/with_levers.py bf16,compile ddpm_class.py --epochs 2 --device cuda --n-samples 1000 --out-dir runs/x
     python tools/with_levers.py none ddpm_class.py ...     # no lever: the script as it is (bit-identical outputs)
 
-Levers (comma-separated; each changes one thing, only in training: sampling runs the script's own code):
-  nchw         the model in NCHW (contiguous) memory instead of the scripts' channels_last
+Levers (comma-separated; each changes one thing in training; sampling runs the script's own code, in NCHW with nchw):
+  nchw         the model (and so its EMA) in NCHW (contiguous) memory instead of the scripts' channels_last
   bf16         the training forward pass under torch.autocast(bfloat16); the loss in float32
-  compile      the training forward pass through torch.compile (default mode)
+  compile      the training forward pass through torch.compile (default mode, dynamic=False: the last, smaller
+               batch of an epoch gets a graph of its own, so the full batches keep theirs)
   compile-ro   the same, mode="reduce-overhead" (CUDA graphs on a GPU)
   foreach-ema  the EMA update as one torch._foreach_lerp_ over all parameters, not a loop of lerp_
   fused-adamw  torch.optim.AdamW(fused=True)
@@ -58,33 +59,35 @@ def lever_model(base, levers):
                 kwargs.pop("memory_format", None)
             return super().to(*args, **kwargs)
 
-        def train_forward(self, *args):
+        def train_forward(self, x, *args, **kwargs):
             if "bf16" in levers:
-                with torch.autocast(args[0].device.type, dtype=torch.bfloat16):
-                    return base.forward(self, *args).float()
-            return base.forward(self, *args)
+                with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                    return base.forward(self, x, *args, **kwargs).float()
+            return base.forward(self, x, *args, **kwargs)
 
-        def forward(self, *args):
+        def forward(self, *args, **kwargs):
             if not torch.is_grad_enabled():
-                return base.forward(self, *args)
+                return base.forward(self, *args, **kwargs)
             if mode is None:
-                return self.train_forward(*args)
+                return self.train_forward(*args, **kwargs)
             if id(self) not in compiled:
-                compiled[id(self)] = torch.compile(self.train_forward, mode=mode)
-            return compiled[id(self)](*args)
+                compiled[id(self)] = torch.compile(self.train_forward, mode=mode, dynamic=False)
+            return compiled[id(self)](*args, **kwargs)
 
     LeverModel.__name__ = LeverModel.__qualname__ = base.__name__
     return LeverModel
 
 
 def patch(module, levers):
-    """Switch the levers on in an imported training script."""
+    """Switch the levers on in an imported training script (checked first: an error leaves it as it was)."""
+    if "foreach-ema" in levers and not hasattr(module, "ema_update"):
+        die(f"{module.__name__}.py keeps no EMA: foreach-ema does not apply")
+    if "fused-adamw" in levers and "torch.optim.AdamW(" not in open(module.__file__).read():
+        die(f"{module.__name__}.py has no AdamW: fused-adamw does not apply")
     for name in ("UNet", "UnconditionalUNet"):
         if levers - {"foreach-ema", "fused-adamw"} and hasattr(module, name):
             setattr(module, name, lever_model(getattr(module, name), levers))
     if "foreach-ema" in levers:
-        if not hasattr(module, "ema_update"):
-            die(f"{module.__name__}.py keeps no EMA: foreach-ema does not apply")
         module.ema_update = foreach_ema_update
     if "fused-adamw" in levers:
         adamw = torch.optim.AdamW
@@ -100,7 +103,7 @@ def patch(module, levers):
         self.n_images = n_images
 
     def exit_and_print(self, error, *rest):
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():
             torch.cuda.synchronize()  # the epoch's kernels finished, so its seconds are the GPU's too
         exit_(self, error, *rest)
         if error is None:
@@ -111,7 +114,7 @@ def patch(module, levers):
 def main():
     if len(sys.argv) < 3 or sys.argv[1] in ("-h", "--help"):
         print(__doc__)
-        sys.exit(0 if len(sys.argv) > 1 else 2)
+        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     levers, script = parse(sys.argv[1]), sys.argv[2]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not script.endswith(".py") or not os.path.isfile(os.path.join(root, os.path.basename(script))):
