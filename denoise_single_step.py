@@ -584,10 +584,10 @@ def run_main(main):
 ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
 
 def on_ctrl_c(signum, frame):
-    """Ctrl-C raises KeyboardInterrupt and is remembered: Python drops an exception raised in a finalizer (a
-    __del__, a weakref callback), and training would go on. The training loops check the flag every step."""
+    """Ctrl-C raises KeyboardInterrupt, remembered for the training loops (Python drops an exception raised in a
+    __del__, and would train on); __del__ errors go unprinted from here: a tqdm bar cut off mid-build fails there."""
     global ctrl_c_pressed
-    ctrl_c_pressed = True
+    ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
 
 if __name__ == "__main__":

@@ -219,6 +219,27 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tiny_mnist,
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] >= 1
 
 
+@pytest.mark.parametrize("script", ["ddpm_time", "ddpm_class", "flow_time", "flow_class", "denoise_single_step",
+                                    "compare_schedules", "edit", "evaluate", "make_gif"])
+def test_ctrl_c_that_cuts_an_object_off_mid_construction_is_still_one_line(script):
+    """Ctrl-C can land inside a constructor (tqdm's, as an epoch starts): the half-built object then fails in its
+    __del__ on the way out, and Python would print that traceback after the one-line error."""
+    code = f"""if True:
+        import os, signal, sys
+        sys.path.insert(0, {HERE!r})
+        import {script}
+        class HalfBuilt:  # a tqdm bar that Ctrl-C stopped before it set self.pos
+            def __init__(self):
+                os.kill(os.getpid(), signal.SIGINT)
+                self.pos = 0
+            def __del__(self):
+                abs(self.pos)
+        {script}.run_main(HalfBuilt)"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "interrupted" in proc.stderr, proc.stderr[-2000:]
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training(tiny_mnist, tmp_path, monkeypatch):
     """Python drops an exception raised while a finalizer (__del__, a weakref callback) runs, and prints
@@ -237,6 +258,7 @@ def test_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training(tiny_mnist
         return real_loss(model, x0, y, sched, p_uncond)
     monkeypatch.setattr(ddpm_class, "ddpm_loss_cfg", loss_with_a_dropped_ctrl_c)
     monkeypatch.setattr(ddpm_class, "ctrl_c_pressed", False)  # restored after the test
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # on_ctrl_c quiets it
     with pytest.raises(KeyboardInterrupt):
         ddpm_class.main(["--data-dir", tiny_mnist, "--out-dir", str(tmp_path), "--epochs", "3", *TINY])
     assert calls.count(128) == 2, "training went on after the Ctrl-C"
