@@ -17,6 +17,7 @@ import torch
 import ddpm_class
 import ddpm_time
 from conftest import HERE, one_line_error, run_script
+from tools.sync_shared import scripts
 
 TINY = ["--T", "10", "--channels", "8", "8", "8", "--device", "cpu"]
 SCRIPTS = ["ddpm_time.py", "ddpm_class.py"]
@@ -219,8 +220,7 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tiny_mnist,
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] >= 1
 
 
-@pytest.mark.parametrize("script", ["ddpm_time", "ddpm_class", "flow_time", "flow_class", "denoise_single_step",
-                                    "compare_schedules", "edit", "evaluate", "make_gif"])
+@pytest.mark.parametrize("script", [f[:-3] for f in scripts(HERE)])
 def test_ctrl_c_that_cuts_an_object_off_mid_construction_is_still_one_line(script):
     """Ctrl-C can land inside a constructor (tqdm's, as an epoch starts): the half-built object then fails in its
     __del__ on the way out, and Python would print that traceback after the one-line error."""
@@ -240,7 +240,6 @@ def test_ctrl_c_that_cuts_an_object_off_mid_construction_is_still_one_line(scrip
     assert len(proc.stderr.strip().splitlines()) == 1 and "interrupted" in proc.stderr, proc.stderr[-2000:]
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training(tiny_mnist, tmp_path, monkeypatch):
     """Python drops an exception raised while a finalizer (__del__, a weakref callback) runs, and prints
     "Exception ignored in". A Ctrl-C that lands there would be lost and training would go on for all its
