@@ -45,9 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import matplotlib
-matplotlib.use("Agg")  # no display needed: we only write PNG files
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure  # writes files, and leaves a notebook's pyplot alone
 from tqdm import tqdm
 
 SCRIPT = "denoise_single_step"
@@ -57,6 +55,31 @@ FIGURE_EPOCHS = (1,)                            # denoised_epochNNN.png after th
 PURE_FIGURE_EPOCHS = (1, 5)                     # --pure-noise: pure_noise_epochNNN.png after these epochs (and _final)
 N_PURE = 1000                                   # --pure-noise: fixed noise images whose outputs are measured
 TRAIN_KEYS = ("limit", "D", "sigma", "pure_noise", "batch_size", "lr", "seed")
+# --- shared: flags ---
+def number(kind, lo, hi=math.inf, lo_included=True):
+    """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
+    lo_included=False: above lo. Anything else is argparse's one line, naming the flag."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            a = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {a}")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
+        return value
+    return parse
+
+def parse_flags(ap, argv):
+    """The flags, and the names of those given (parsed again over a marker for each). In a notebook,
+    argv None is no flags (sys.argv is the kernel's), and a bad flag is die's one line."""
+    if in_notebook():
+        ap.error = die
+        if argv is None and sys.argv[0].endswith("kernel_launcher.py"):  # pasted whole into a cell
+            argv = []
+    args, unset = ap.parse_args(argv), object()
+    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return args, {k for k, v in vars(again).items() if v is not unset}
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="One-step denoiser (UNet, L2) on MNIST at a fixed sigma, or of pure noise")
@@ -222,14 +245,17 @@ def main(argv=None):
         print(f"training on {len(x_all)} digits")
         train_s, first = 0.0, run["epoch"] + 1
         for epoch in range(first, args.epochs + 1):
-            with EpochLog(run, epoch, args.epochs, len(x_all)) as log:  # progress bar, NaN stop, Ctrl-C
+            losses = []  # this epoch's, kept on the device: no host sync per step
+            with EpochLog(epoch, args.epochs, len(x_all), losses, run["epoch"]) as log:
                 for idx in torch.randperm(len(x_all), device=device).split(args.batch_size):
                     loss = denoise_loss(model, x_all[idx], args.sigma, args.pure_noise)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    log.step(loss, len(idx))
-            train_s += log.seconds
+                    losses.append(loss.detach())
+                    log.step(len(idx))  # progress bar, NaN stop, Ctrl-C
+            run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
+            run["epoch"], train_s = epoch, train_s + log.seconds
             if epoch in (PURE_FIGURE_EPOCHS if args.pure_noise else FIGURE_EPOCHS):
                 plot_epoch(model, probe, args, epoch, f"epoch{epoch:03d}")
             save_denoiser(run, model, opt, args, device, ckpt_path)
@@ -248,6 +274,8 @@ def main(argv=None):
         report_psnr(model, probe, args, run["epoch"])
     print(f"eval: figures and scores in {time.time() - t0:.1f} s")
     print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
+    show(*[os.path.join(args.out_dir, f) for f in sorted(os.listdir(args.out_dir))
+           if f.endswith("final.png") or f in ("loss.png", "ood.png", "psnr.png")])  # in a notebook
 # --- reports: scores printed, plotted and saved -----------------------------------------------------
 def report_psnr(model, probe, args, epochs):
     """ood.png (the ten digits denoised at every sigma), then PSNR against sigma on the first --n-test
@@ -357,8 +385,8 @@ def plot_epoch(model, probe, args, epoch, name):
 def plot_rows(panels, path, title, row_labels, panel_titles=None):
     """Side-by-side panels, each (rows, ncol, 1, 28, 28) in [0, 1], drawn as a grid with labelled rows."""
     rows, ncol = panels[0].shape[:2]
-    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (0.4 * ncol + 0.2) + 0.8, 0.4 * rows + 0.6),
-                             squeeze=False)
+    fig = Figure(figsize=(len(panels) * (0.4 * ncol + 0.2) + 0.8, 0.4 * rows + 0.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for j, (ax, p) in enumerate(zip(axes[0], panels)):
         grid = image_grid(p.flatten(0, 1).float().clamp(0, 1), ncol)
         ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
@@ -369,13 +397,13 @@ def plot_rows(panels, path, title, row_labels, panel_titles=None):
             ax.set_title(panel_titles[j], fontsize=9)
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 def plot_loss_by_epoch(losses, path, title, steps_per_epoch):
     """Per-step loss (light), its moving average (dark) and epoch boundaries (dotted), log scale."""
     k = max(1, len(losses) // 100)
     smooth = losses.unfold(0, k, 1).mean(1)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(losses.numpy(), alpha=0.3 if k > 1 else 1, lw=0.5 if k > 1 else 1.5, label="per step")
     if k > 1:
         ax.plot(range(k - 1, k - 1 + len(smooth)), smooth.numpy(), lw=1.5, label=f"mean of {k} steps")
@@ -385,14 +413,14 @@ def plot_loss_by_epoch(losses, path, title, steps_per_epoch):
            title=title)
     ax.legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 def plot_psnr(rows, path, title, sigma_train, black):
     """PSNR of the denoised output and of the noisy input against sigma (infinite points left out),
     and of an all-black image for scale."""
     s, p_noisy, p_den = (torch.tensor(c) for c in zip(*rows))
     fin = torch.isfinite(p_noisy)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
     ax.plot(s.numpy(), p_den.numpy(), "o-", label="denoised  D(z), clipped to [0, 1]")
     ax.plot(s[fin].numpy(), p_noisy[fin].numpy(), "s--", label="noisy input  z = x + sigma eps (infinite at 0)")
     for x_, y_ in zip(s.tolist(), p_den.tolist()):
@@ -404,52 +432,51 @@ def plot_psnr(rows, path, title, sigma_train, black):
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)  # below the axes
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 # =================================================================================================
-# Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
-# --- shared: flags and errors ---
-def number(kind, lo, hi=math.inf, lo_included=True):
-    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
-        return value
-    return parse
-
+# Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
+# --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one clear line on stderr, no traceback."""
+    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    if in_notebook():
+        raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-# --- shared: device and MNIST ---
+
+class OneLineError(Exception):
+    """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
+    def _render_traceback_(self):
+        return [str(self)]
+
+def in_notebook():
+    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    return shell is not None and "IPKernelApp" in shell.config
+# --- shared: device ---
 def pick_device(name):
-    """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
+    """auto: cuda, then Apple's mps, then cpu. A device this machine lacks is a one-line error."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() \
+            else "cpu"
     try:
         if name.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(name)
         return torch.empty(0, device=name).device  # fails on a device this machine lacks
     except Exception:
         die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
-
+# --- shared: MNIST ---
 def find_idx_files(data_dir, train):
-    """The IDX image and label paths, or None: in DIR/MNIST/raw (torchvision), DIR, or Kaggle's (dotted, archive/)."""
+    """The IDX image and label paths, or None: in DIR, DIR/MNIST/raw (torchvision), or Kaggle's."""
     names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
         for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
             paths = [os.path.join(data_dir, folder, n) for n in file_names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]  # Kaggle's
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]
             if all(os.path.isfile(p) for p in paths):
                 return paths
 
 def read_idx(path, ndim):
-    """One IDX file (bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values) as a uint8 tensor:
-    read here, not by torchvision, which is slow to import (it is imported to download only)."""
+    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8 values) as a tensor."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -457,19 +484,18 @@ def read_idx(path, ndim):
     sizes = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     values = data[4 + 4 * ndim:]
     if len(values) != math.prod(sizes) or not values:
-        raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
+        raise ValueError(f"{path} holds {len(values)} values, its header says {sizes}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0, device="cpu"):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,), on device; limit > 0: N."""
-    if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from pixels p, labels (N,); limit > 0: the first."""
+    if find_idx_files(data_dir, train) is None:
         try:
             import torchvision  # here, not at the top: only a download needs it
             torchvision.datasets.MNIST(data_dir, train=train, download=True)
         except Exception as e:  # offline, no permission, ...: say where the files go instead
-            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). Put the four IDX "
-                f"files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                f"t10k-labels-idx1-ubyte, or the Kaggle .idx names) in {data_dir!r} or pass --data-dir")
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}): "
+                f"put its four IDX files (train-images-idx3-ubyte, ...) there, or pass --data-dir")
     paths = find_idx_files(data_dir, train)
     try:
         images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1).long()
@@ -477,10 +503,11 @@ def load_mnist(data_dir, train=True, limit=0, device="cpu"):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images[:limit or None].unsqueeze(1).float().div(255).to(device), labels[:limit or None].to(device)
+    images, labels = images[:limit or None], labels[:limit or None]
+    return images.unsqueeze(1).float().div(255).to(device), labels.to(device)
 # --- shared: atomic save ---
 def save_atomic(obj, path, write=torch.save):
-    """write(obj, file) to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
+    """write(obj, file) to path.tmp, fsync, rename: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -491,18 +518,12 @@ def save_atomic(obj, path, write=torch.save):
     except OSError as e:  # disk full, folder gone or read-only, ...
         if os.path.exists(tmp):
             os.remove(tmp)
-        die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
+        die(f"cannot write {path} ({e.strerror or e}); the previous file, if any, is kept")
 # --- shared: atomic JSON ---
 def save_json_atomic(obj, path):
     """save_atomic for JSON (results you read or plot later)."""
     save_atomic(json.dumps(obj, indent=1).encode(), path, lambda data, f: f.write(data))
 # --- shared: run safety ---
-def parse_flags(ap, argv):
-    """The flags, and the names of those on the command line: parsed again over a marker for each, no default set."""
-    args, unset = ap.parse_args(argv), object()
-    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
-    return args, {k for k, v in vars(again).items() if v is not unset}
-
 def prepare_out_dir(out_dir, continuing):
     """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
     try:
@@ -513,7 +534,8 @@ def prepare_out_dir(out_dir, continuing):
         die(f"cannot write to --out-dir {out_dir!r} ({e.strerror or e})")
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if os.path.exists(ckpt_path) and not continuing:
-        die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, or another --out-dir")
+        die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, "
+            f"or another --out-dir")
     return ckpt_path
 
 def rng_state(device):
@@ -524,71 +546,88 @@ def rng_state(device):
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
     if device.type in ("cuda", "mps") and state.get(device.type) is not None:
-        {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type](state[device.type])
+        setter = {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type]
+        setter(state[device.type])
 
 class EpochLog:
-    """One epoch's bookkeeping: progress bar, Ctrl-C, and a NaN check every 25 steps (the only host sync), before a
-    checkpoint holds the loss. On a clean exit the losses join run["loss_history"], and .seconds is set."""
-    def __init__(self, run, epoch, epochs, n_images):
-        self.run, self.epoch, self.losses, self.t0, self.left = run, epoch, [], time.time(), n_images
-        self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
+    """An epoch's progress bar, Ctrl-C, .seconds, and a NaN check of losses every 25 steps (a sync)."""
+    def __init__(self, epoch, epochs, n_images, losses, last):
+        self.epoch, self.losses, self.left, self.t0 = epoch, losses, n_images, time.time()
+        self.kept = f"ckpt.pt holds epoch {last}: --resume continues it" if last else \
+            "no checkpoint was written"
+        self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True)
 
     def __enter__(self):
         return self
 
-    def step(self, loss, n_images):
-        self.losses.append(loss.detach())
+    def step(self, n_images):
         self.bar.update(n_images)
         self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
         if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
             raise KeyboardInterrupt
-        if len(self.losses) % 25 == 0 or self.left <= 0:  # one host sync every 25 steps, and at the epoch's end
+        if len(self.losses) % 25 == 0 or self.left <= 0:  # every 25 steps, and at the epoch's end
             losses = torch.stack(self.losses)
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):
                 self.bar.close()  # else the bar redraws itself after the error line
-                last, step = self.run["epoch"], bad[0].item()
-                kept = f"ckpt.pt still holds epoch {last}, the last good one" if last else "no checkpoint was written"
-                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: training stopped; "
-                    f"{kept} (a lower --lr may help)")
+                step = bad[0].item()
+                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: "
+                    f"training stopped; {self.kept} (a lower --lr may help)")
             self.bar.set_postfix(loss=f"{losses[-25:].mean().item():.4f}")
 
     def __exit__(self, error, *_):
-        self.bar.close()  # also on Ctrl-C, before the one-line message (a bar closed later would print after it)
-        if error is None:
-            self.run["loss_history"] = torch.cat([self.run["loss_history"], torch.stack(self.losses).cpu()])
-            self.run["epoch"], self.seconds = self.epoch, time.time() - self.t0
+        self.bar.close()  # also on Ctrl-C, before the one-line message (not after it)
+        self.seconds = time.time() - self.t0
+        if error is not None and issubclass(error, KeyboardInterrupt):
+            die(f"interrupted in epoch {self.epoch}; {self.kept}", 130)
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
-    """x01 (N, 1, H, W) in [0, 1] -> one (H', W') image, nrow digits per row, white `pad` pixels around each:
-    torchvision's make_grid(x01, nrow, padding=2, pad_value=1)[0], without importing torchvision (slow)."""
+    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0] without importing it (slow): (H', W')."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
     rows = math.ceil(n / cols)
-    cells = torch.cat([x01[:, 0].float().cpu(), torch.ones(rows * cols - n, h, w)])  # blank cells end the last row
-    cells = F.pad(cells, (pad, 0, pad, 0), value=1)  # a border above and left of each cell
-    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
+    blank = torch.ones(rows * cols - n, h, w)                   # blank cells end the last row
+    cells = F.pad(torch.cat([x01[:, 0].float().cpu(), blank]), (pad, 0, pad, 0), value=1)
+    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2)  # a border above and left
+    grid = grid.reshape(rows * (h + pad), cols * (w + pad))
     return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
+# --- shared: figures inline ---
+def show(*paths):
+    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing: they are files."""
+    if in_notebook():
+        from IPython.display import Image, display  # a notebook's kernel runs on IPython
+        for path in paths:
+            display(Image(filename=path))
 # --- shared: entry point ---
-def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
-    signal.signal(signal.SIGINT, on_ctrl_c)
-    whole = "the files written are whole, and a training run continues from its last finished epoch with --resume"
-    try:
-        main()
-    except KeyboardInterrupt:
-        die(f"interrupted (Ctrl-C); {whole}", 130)
-    except OSError as e:
-        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; {whole}")
+def command(main):
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
+    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    def run(argv=None):
+        global ctrl_c_pressed
+        before = signal.getsignal(signal.SIGINT), sys.unraisablehook
+        ctrl_c_pressed = False
+        signal.signal(signal.SIGINT, on_ctrl_c)
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            die("interrupted: the files written are whole", 130)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            die(f"{e.strerror or e}{where}: stopped; the files written are whole")
+        finally:
+            signal.signal(signal.SIGINT, before[0])
+            ctrl_c_pressed, sys.unraisablehook = False, before[1]
+    return run
 
-ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
+ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
 
 def on_ctrl_c(signum, frame):
-    """Ctrl-C raises KeyboardInterrupt, remembered for the training loops (Python drops an exception raised in a
-    __del__, and would train on); __del__ errors go unprinted from here: a tqdm bar cut off mid-build fails there."""
+    """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
+    errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
 
+main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
-    run_main(main)
+    main()

@@ -44,9 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-import matplotlib
-matplotlib.use("Agg")  # no display needed: we only write PNG files
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure  # writes files, and leaves a notebook's pyplot alone
 
 NULL = 10                       # the "no label" class of ddpm_class.py: eps_u = eps_theta(x_t, t, NULL)
 PARTS = "abcdefgh"
@@ -55,6 +53,31 @@ SHOW = (2, 4, 5, 8)             # the figures' digits: the first test digit of e
 FORWARD_T = (0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # part a's noise levels t / T
 DENOISE_T = (0.25, 0.5, 0.75)   # part b's: the course's t = 250, 500, 750 of 1000
 ANAGRAMS, HYBRIDS, SLERP_POINTS = 6, 3, 8  # f's anagrams, g's hybrids per pair, h's alphas from 0 to 1
+# --- shared: flags ---
+def number(kind, lo, hi=math.inf, lo_included=True):
+    """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
+    lo_included=False: above lo. Anything else is argparse's one line, naming the flag."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            a = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {a}")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
+        return value
+    return parse
+
+def parse_flags(ap, argv):
+    """The flags, and the names of those given (parsed again over a marker for each). In a notebook,
+    argv None is no flags (sys.argv is the kernel's), and a bad flag is die's one line."""
+    if in_notebook():
+        ap.error = die
+        if argv is None and sys.argv[0].endswith("kernel_launcher.py"):  # pasted whole into a cell
+            argv = []
+    args, unset = ap.parse_args(argv), object()
+    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return args, {k for k, v in vars(again).items() if v is not unset}
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="CS180 Project 5A's edits on a class-conditioned MNIST DDPM")
@@ -84,7 +107,7 @@ def get_args(argv=None):
     g.add_argument("--out-dir", default="runs/edit", help="figures and translate.pt go here")
     g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same edits (on the same device)")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
-    args = ap.parse_args(argv)
+    args = parse_flags(ap, argv)[0]
     if max(args.levels + args.translate_levels) > 1 or len(args.pairs) % 2 or len(args.hybrid) % 2:
         ap.error("noise levels are fractions t / T in [0, 1]; --pairs and --hybrid take digits two by two")
     return args
@@ -342,7 +365,8 @@ def load_drawing(path):
 def plot_cells(rows, path, title):
     """rows of (image (H, W) in [0, 1] or None, caption) -> one PNG, a captioned panel per image."""
     n_cols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.2 * n_cols, 1.4 * len(rows) + 0.3), squeeze=False)
+    fig = Figure(figsize=(1.2 * n_cols, 1.4 * len(rows) + 0.3))
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
     for ax_row, row in zip(axes, rows):
         for ax, (img, caption) in zip(ax_row, row + [(None, "")] * (n_cols - len(row))):
             if img is not None:
@@ -351,7 +375,6 @@ def plot_cells(rows, path, title):
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
     # setup: flags, the model and its schedule, your drawing, MNIST's test digits: bad input stops here
@@ -483,49 +506,49 @@ def main(argv=None):
           + ", ".join(sorted(os.listdir(args.out_dir))))
 
 # =================================================================================================
-# Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
-# --- shared: flags and errors ---
-def number(kind, lo, hi=math.inf, lo_included=True):
-    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
-        return value
-    return parse
-
+# Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
+# --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one clear line on stderr, no traceback."""
+    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    if in_notebook():
+        raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-# --- shared: device and MNIST ---
+
+class OneLineError(Exception):
+    """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
+    def _render_traceback_(self):
+        return [str(self)]
+
+def in_notebook():
+    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    return shell is not None and "IPKernelApp" in shell.config
+# --- shared: device ---
 def pick_device(name):
-    """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
+    """auto: cuda, then Apple's mps, then cpu. A device this machine lacks is a one-line error."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() \
+            else "cpu"
     try:
         if name.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(name)
         return torch.empty(0, device=name).device  # fails on a device this machine lacks
     except Exception:
         die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
-
+# --- shared: MNIST ---
 def find_idx_files(data_dir, train):
-    """The IDX image and label paths, or None: in DIR/MNIST/raw (torchvision), DIR, or Kaggle's (dotted, archive/)."""
+    """The IDX image and label paths, or None: in DIR, DIR/MNIST/raw (torchvision), or Kaggle's."""
     names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
         for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
             paths = [os.path.join(data_dir, folder, n) for n in file_names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]  # Kaggle's
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]
             if all(os.path.isfile(p) for p in paths):
                 return paths
 
 def read_idx(path, ndim):
-    """One IDX file (bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values) as a uint8 tensor:
-    read here, not by torchvision, which is slow to import (it is imported to download only)."""
+    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8 values) as a tensor."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -533,19 +556,18 @@ def read_idx(path, ndim):
     sizes = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     values = data[4 + 4 * ndim:]
     if len(values) != math.prod(sizes) or not values:
-        raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
+        raise ValueError(f"{path} holds {len(values)} values, its header says {sizes}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0, device="cpu"):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,), on device; limit > 0: N."""
-    if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from pixels p, labels (N,); limit > 0: the first."""
+    if find_idx_files(data_dir, train) is None:
         try:
             import torchvision  # here, not at the top: only a download needs it
             torchvision.datasets.MNIST(data_dir, train=train, download=True)
         except Exception as e:  # offline, no permission, ...: say where the files go instead
-            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). Put the four IDX "
-                f"files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                f"t10k-labels-idx1-ubyte, or the Kaggle .idx names) in {data_dir!r} or pass --data-dir")
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}): "
+                f"put its four IDX files (train-images-idx3-ubyte, ...) there, or pass --data-dir")
     paths = find_idx_files(data_dir, train)
     try:
         images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1).long()
@@ -553,10 +575,11 @@ def load_mnist(data_dir, train=True, limit=0, device="cpu"):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images[:limit or None].unsqueeze(1).float().div(255).to(device), labels[:limit or None].to(device)
+    images, labels = images[:limit or None], labels[:limit or None]
+    return images.unsqueeze(1).float().div(255).to(device), labels.to(device)
 # --- shared: atomic save ---
 def save_atomic(obj, path, write=torch.save):
-    """write(obj, file) to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
+    """write(obj, file) to path.tmp, fsync, rename: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -567,53 +590,72 @@ def save_atomic(obj, path, write=torch.save):
     except OSError as e:  # disk full, folder gone or read-only, ...
         if os.path.exists(tmp):
             os.remove(tmp)
-        die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
+        die(f"cannot write {path} ({e.strerror or e}); the previous file, if any, is kept")
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
-    """x01 (N, 1, H, W) in [0, 1] -> one (H', W') image, nrow digits per row, white `pad` pixels around each:
-    torchvision's make_grid(x01, nrow, padding=2, pad_value=1)[0], without importing torchvision (slow)."""
+    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0] without importing it (slow): (H', W')."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
     rows = math.ceil(n / cols)
-    cells = torch.cat([x01[:, 0].float().cpu(), torch.ones(rows * cols - n, h, w)])  # blank cells end the last row
-    cells = F.pad(cells, (pad, 0, pad, 0), value=1)  # a border above and left of each cell
-    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
+    blank = torch.ones(rows * cols - n, h, w)                   # blank cells end the last row
+    cells = F.pad(torch.cat([x01[:, 0].float().cpu(), blank]), (pad, 0, pad, 0), value=1)
+    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2)  # a border above and left
+    grid = grid.reshape(rows * (h + pad), cols * (w + pad))
     return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
 # --- shared: grids and uint8 ---
 def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
-    """x (N, 1, 28, 28), clamped to [0, 1] -> one PNG of a grid, nrow images per row, labelled by row and column."""
+    """x (N, 1, 28, 28), clamped to [0, 1] -> a PNG of a grid, nrow images a row, labelled."""
     rows = math.ceil(len(x) / nrow)
-    fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
+    fig = Figure(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
+    ax = fig.subplots()
     ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=7)
-    ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [], fontsize=8)
+    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [],
+                  fontsize=7)
+    ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [],
+                  fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 def to_uint8(x):
-    """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
+    """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the frames of the .pt files."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+# --- shared: figures inline ---
+def show(*paths):
+    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing: they are files."""
+    if in_notebook():
+        from IPython.display import Image, display  # a notebook's kernel runs on IPython
+        for path in paths:
+            display(Image(filename=path))
 # --- shared: entry point ---
-def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
-    signal.signal(signal.SIGINT, on_ctrl_c)
-    whole = "the files written are whole, and a training run continues from its last finished epoch with --resume"
-    try:
-        main()
-    except KeyboardInterrupt:
-        die(f"interrupted (Ctrl-C); {whole}", 130)
-    except OSError as e:
-        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; {whole}")
+def command(main):
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
+    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    def run(argv=None):
+        global ctrl_c_pressed
+        before = signal.getsignal(signal.SIGINT), sys.unraisablehook
+        ctrl_c_pressed = False
+        signal.signal(signal.SIGINT, on_ctrl_c)
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            die("interrupted: the files written are whole", 130)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            die(f"{e.strerror or e}{where}: stopped; the files written are whole")
+        finally:
+            signal.signal(signal.SIGINT, before[0])
+            ctrl_c_pressed, sys.unraisablehook = False, before[1]
+    return run
 
-ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
+ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
 
 def on_ctrl_c(signum, frame):
-    """Ctrl-C raises KeyboardInterrupt, remembered for the training loops (Python drops an exception raised in a
-    __del__, and would train on); __del__ errors go unprinted from here: a tqdm bar cut off mid-build fails there."""
+    """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
+    errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
 
+main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
-    run_main(main)
+    main()

@@ -46,7 +46,7 @@ Conventions:
     the generating scripts also "config" (the flags that made it: its sampler and steps are printed)
     and "epoch". A run folder stands for FOLDER/samples.pt.
     pixels: the classifier sees [0, 1] as well, like the generating models: MNIST uint8 p becomes p / 255
-    (load_mnist, from the shared device and MNIST block).
+    (load_mnist, from the shared MNIST block).
     Bad input (missing file, not a samples dict, wrong shape or range, bad labels, no MNIST data):
     one line on stderr and exit code 2.
 Writes: the table (or --json) on stdout, and the classifier cache when it trains one.
@@ -75,6 +75,31 @@ KID_SUBSETS, KID_SIZE = 10, 1000       # KID: mean over 10 subsets of min(1000, 
 CONF = 0.9                             # "confident": top softmax probability above this
 RANGE_TOL = 1e-3                       # pixels may stray this far outside [0, 1] (float rounding)
 MIN_ACC = 0.99                         # a classifier below this test accuracy gets a warning
+# --- shared: flags ---
+def number(kind, lo, hi=math.inf, lo_included=True):
+    """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
+    lo_included=False: above lo. Anything else is argparse's one line, naming the flag."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            a = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {a}")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
+        return value
+    return parse
+
+def parse_flags(ap, argv):
+    """The flags, and the names of those given (parsed again over a marker for each). In a notebook,
+    argv None is no flags (sys.argv is the kernel's), and a bad flag is die's one line."""
+    if in_notebook():
+        ap.error = die
+        if argv is None and sys.argv[0].endswith("kernel_launcher.py"):  # pasted whole into a cell
+            argv = []
+    args, unset = ap.parse_args(argv), object()
+    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return args, {k for k, v in vars(again).items() if v is not unset}
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Score samples.pt files of generated MNIST digits")
@@ -97,7 +122,7 @@ def get_args(argv=None):
     g.add_argument("--seed", type=number(int, 0), default=0,
                    help="same seed, same numbers (training, floor digits, KID)")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
-    return ap.parse_args(argv)
+    return parse_flags(ap, argv)[0]
 # --- classifier ---------------------------------------------------------------------------------
 def conv_block(c_in, c_out):
     """conv3x3 -> BatchNorm -> ReLU -> 2x2 max-pool: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
@@ -319,7 +344,7 @@ def get_classifier(path, args, x_train, y_train, device):
     t0 = time.time()
     try:
         model = train_classifier(x_train[:n], y_train[:n], args.clf_epochs, device)
-    except KeyboardInterrupt:  # (run_main's message speaks of checkpoints: this script has none)
+    except KeyboardInterrupt:  # the generic message would not say that nothing was cached
         die("interrupted while training the classifier: nothing was cached, the next run trains it again", 130)
     print(f"classifier: trained in {time.time() - t0:.0f} s")
     return model, n
@@ -390,49 +415,49 @@ def print_table(rows):
         print(f"{name:<{w}}" + "".join(f"{100 * p:>6.1f}" for p in m["hist"]))
 
 # =================================================================================================
-# Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
-# --- shared: flags and errors ---
-def number(kind, lo, hi=math.inf, lo_included=True):
-    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
-        return value
-    return parse
-
+# Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
+# --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one clear line on stderr, no traceback."""
+    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    if in_notebook():
+        raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-# --- shared: device and MNIST ---
+
+class OneLineError(Exception):
+    """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
+    def _render_traceback_(self):
+        return [str(self)]
+
+def in_notebook():
+    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    return shell is not None and "IPKernelApp" in shell.config
+# --- shared: device ---
 def pick_device(name):
-    """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
+    """auto: cuda, then Apple's mps, then cpu. A device this machine lacks is a one-line error."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() \
+            else "cpu"
     try:
         if name.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(name)
         return torch.empty(0, device=name).device  # fails on a device this machine lacks
     except Exception:
         die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
-
+# --- shared: MNIST ---
 def find_idx_files(data_dir, train):
-    """The IDX image and label paths, or None: in DIR/MNIST/raw (torchvision), DIR, or Kaggle's (dotted, archive/)."""
+    """The IDX image and label paths, or None: in DIR, DIR/MNIST/raw (torchvision), or Kaggle's."""
     names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
         for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
             paths = [os.path.join(data_dir, folder, n) for n in file_names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]  # Kaggle's
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]
             if all(os.path.isfile(p) for p in paths):
                 return paths
 
 def read_idx(path, ndim):
-    """One IDX file (bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values) as a uint8 tensor:
-    read here, not by torchvision, which is slow to import (it is imported to download only)."""
+    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8 values) as a tensor."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -440,19 +465,18 @@ def read_idx(path, ndim):
     sizes = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     values = data[4 + 4 * ndim:]
     if len(values) != math.prod(sizes) or not values:
-        raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
+        raise ValueError(f"{path} holds {len(values)} values, its header says {sizes}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0, device="cpu"):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,), on device; limit > 0: N."""
-    if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from pixels p, labels (N,); limit > 0: the first."""
+    if find_idx_files(data_dir, train) is None:
         try:
             import torchvision  # here, not at the top: only a download needs it
             torchvision.datasets.MNIST(data_dir, train=train, download=True)
         except Exception as e:  # offline, no permission, ...: say where the files go instead
-            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). Put the four IDX "
-                f"files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                f"t10k-labels-idx1-ubyte, or the Kaggle .idx names) in {data_dir!r} or pass --data-dir")
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}): "
+                f"put its four IDX files (train-images-idx3-ubyte, ...) there, or pass --data-dir")
     paths = find_idx_files(data_dir, train)
     try:
         images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1).long()
@@ -460,27 +484,38 @@ def load_mnist(data_dir, train=True, limit=0, device="cpu"):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images[:limit or None].unsqueeze(1).float().div(255).to(device), labels[:limit or None].to(device)
+    images, labels = images[:limit or None], labels[:limit or None]
+    return images.unsqueeze(1).float().div(255).to(device), labels.to(device)
 # --- shared: entry point ---
-def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
-    signal.signal(signal.SIGINT, on_ctrl_c)
-    whole = "the files written are whole, and a training run continues from its last finished epoch with --resume"
-    try:
-        main()
-    except KeyboardInterrupt:
-        die(f"interrupted (Ctrl-C); {whole}", 130)
-    except OSError as e:
-        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; {whole}")
+def command(main):
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
+    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    def run(argv=None):
+        global ctrl_c_pressed
+        before = signal.getsignal(signal.SIGINT), sys.unraisablehook
+        ctrl_c_pressed = False
+        signal.signal(signal.SIGINT, on_ctrl_c)
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            die("interrupted: the files written are whole", 130)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            die(f"{e.strerror or e}{where}: stopped; the files written are whole")
+        finally:
+            signal.signal(signal.SIGINT, before[0])
+            ctrl_c_pressed, sys.unraisablehook = False, before[1]
+    return run
 
-ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
+ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
 
 def on_ctrl_c(signum, frame):
-    """Ctrl-C raises KeyboardInterrupt, remembered for the training loops (Python drops an exception raised in a
-    __del__, and would train on); __del__ errors go unprinted from here: a tqdm bar cut off mid-build fails there."""
+    """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
+    errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
 
+main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
-    run_main(main)
+    main()

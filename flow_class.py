@@ -45,9 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import matplotlib
-matplotlib.use("Agg")  # no display needed: we only write PNG files
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure  # writes files, and leaves a notebook's pyplot alone
 from tqdm import tqdm
 
 SCRIPT = "flow_class"
@@ -58,6 +56,31 @@ GRID_ROWS = 8                          # samples.png and the snapshots: 8 rows o
 STEPS = 50                             # --steps default (the course's num_ts); the snapshots take --steps Euler steps
 TRAIN_KEYS = ("limit", "channels", "time_scale", "batch_size", "lr", "lr_decay", "weight_decay", "ema_decay",
               "p_uncond", "seed")
+# --- shared: flags ---
+def number(kind, lo, hi=math.inf, lo_included=True):
+    """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
+    lo_included=False: above lo. Anything else is argparse's one line, naming the flag."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            a = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {a}")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
+        return value
+    return parse
+
+def parse_flags(ap, argv):
+    """The flags, and the names of those given (parsed again over a marker for each). In a notebook,
+    argv None is no flags (sys.argv is the kernel's), and a bad flag is die's one line."""
+    if in_notebook():
+        ap.error = die
+        if argv is None and sys.argv[0].endswith("kernel_launcher.py"):  # pasted whole into a cell
+            argv = []
+    args, unset = ap.parse_args(argv), object()
+    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return args, {k for k, v in vars(again).items() if v is not unset}
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Class-conditioned flow matching on MNIST with classifier-free guidance")
@@ -181,7 +204,7 @@ class UNet(nn.Module):
         h = self.up2(self.unpool2(h) + h2, emb)                   # (B, c1, 14, 14)
         h = self.up1(self.unpool1(h) + h1, emb)                   # (B, c1, 28, 28)
         return self.out(h)                                        # (B, 1, 28, 28)
-# --- guidance ----------------------------------------------------------------------------------
+# --- shared: guidance ---
 def guided_velocity_fn(model, y, w, scale, guide_from=0.0):
     """u(x_t, t) = u_u + w (u_c - u_u) for the digits y (B,), one pass on a doubled batch; w > 1 only from
     t = guide_from on (min(w, 1) before): on near-pure noise w > 1 pushes a digit's samples to one shape, RESULTS.md."""
@@ -225,22 +248,25 @@ def clip_x1(u_fn):
     return u_clipped
 
 @torch.no_grad()
-def flow_sample(u_fn, x_0, sampler, steps):
-    """Solve dx/dt = u(x, t) from the noise x_0 at t = 0 to the digit x_1 at t = 1 in `steps` equal Euler or Heun
-    steps; u_fn(x, t), t a Python float. Returns x_1 (B, 1, 28, 28) (unclamped), the t visited (steps + 1,), and every
-    x_t as uint8 frames (steps + 1, B, 1, 28, 28). Heun's last step is Euler's, as in EDM (Karras et al. 2022): at t = 1
-    the best guess of u = x_1 - x_0 is x_t - E[x_0] = x_t, not the u that pointed at the digit just before; a corrector
-    there would average that jump in (RESULTS.md)."""
+def flow_sample(u_fn, x_0, sampler, steps, path=None):
+    """Solve dx/dt = u(x, t) from the noise x_0 at t = 0 to the digit x_1 at t = 1 in `steps` equal
+    Euler or Heun steps; u_fn(x, t), t a Python float. Returns x_1 (B, 1, 28, 28), unclamped; `path`, a
+    list if given, receives every x_t (steps + 1 of them, for a GIF). Heun's last step is Euler's, as in
+    EDM (Karras et al. 2022): at t = 1 the best guess of u = x_1 - x_0 is x_t - E[x_0] = x_t, not the u
+    that pointed at the digit just before; a corrector there would average that jump in (RESULTS.md)."""
     ts = flow_timesteps(steps)
-    x, frames = x_0, [to_uint8(x_0).cpu()]
+    x = x_0
     for t, t_next in zip(ts[:-1].tolist(), ts[1:].tolist()):
+        if path is not None:
+            path.append(x)
         u = u_fn(x, t)
         if sampler == "heun" and t_next < 1:
             x = heun_step(u_fn, x, t, t_next - t, u)
         else:                                       # Euler, and Heun's last step: no evaluation at t = 1
             x = euler_step(x, t_next - t, u)
-        frames.append(to_uint8(x).cpu())
-    return x, ts, torch.stack(frames)
+    if path is not None:
+        path.append(x)
+    return x
 # --- training step: the flow loss with labels dropped for guidance ------------------------------
 def flow_loss_cfg(model, x1, y, scale, p_uncond):
     """|| u - u_theta(x_t, t, y') ||^2 for digits x_1 (B, 1, 28, 28) in [0, 1], labels y (B,), x_0 ~ N(0, I),
@@ -295,7 +321,8 @@ def main(argv=None):
         for epoch in range(first, args.epochs + 1):
             for group in opt.param_groups:  # lr gamma^(epoch - 1), gamma = lr_decay^(1 / epochs); 1: constant
                 group["lr"] = args.lr * args.lr_decay ** ((epoch - 1) / args.epochs)
-            with EpochLog(run, epoch, args.epochs, len(x_all)) as log:  # progress bar, NaN stop, Ctrl-C
+            losses = []  # this epoch's, kept on the device: no host sync per step
+            with EpochLog(epoch, args.epochs, len(x_all), losses, run["epoch"]) as log:
                 for idx in torch.randperm(len(x_all), device=device).split(args.batch_size):
                     loss = flow_loss_cfg(model, x_all[idx], y_all[idx], args.time_scale, args.p_uncond)
                     opt.zero_grad(set_to_none=True)
@@ -303,10 +330,12 @@ def main(argv=None):
                     opt.step()
                     ema_update(ema, model, args.ema_decay, step)
                     step += 1
-                    log.step(loss, len(idx))
-            train_s += log.seconds
+                    losses.append(loss.detach())
+                    log.step(len(idx))  # progress bar, NaN stop, Ctrl-C
+            run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
+            run["epoch"], train_s = epoch, train_s + log.seconds
             if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # Euler, --steps (50, as the course), EMA weights
-                x_1 = flow_sample(u_grid, x_0, "euler", args.steps)[0]
+                x_1 = flow_sample(u_grid, x_0, "euler", args.steps)
                 save_snapshot(run, epoch, x_1, y_grid, args.out_dir, row_labels,
                               f"{SCRIPT}: epoch {epoch} (EMA, {w_label}, Euler {args.steps}, NFE {args.steps})")
             save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
@@ -317,14 +346,17 @@ def main(argv=None):
 
     # figures: the final grid with the chosen sampler, its path from noise to digits, and the guidance sweep
     t0 = time.time()
-    x_1, ts, frames = flow_sample(u_grid, x_0, args.sampler, args.steps)
+    path = []                                     # every x_t, for make_gif.py
+    x_1 = flow_sample(u_grid, x_0, args.sampler, args.steps, path)
     label = f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}, {w_label}" + \
         (", x_1 clipped" if args.clip else "")
     print(f"sample: {len(x_1)} digits, {label}, in {time.time() - t0:.1f} s")
     save_grid(x_1, os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}", row_labels)
-    save_atomic({"frames": frames, "t": ts, "y": y_grid.cpu(), "nrow": 8}, os.path.join(args.out_dir, "trajectory.pt"))
+    frames = to_uint8(torch.stack(path)).cpu()                   # (steps + 1, 64, 1, 28, 28)
+    save_atomic({"frames": frames, "t": flow_timesteps(args.steps), "y": y_grid.cpu(), "nrow": 8},
+                os.path.join(args.out_dir, "trajectory.pt"))
     y_sweep, x_sweep = y_grid[::4], x_0[::4]                      # a row per w, every 4th grid digit, the same noise
-    sweep = [flow_sample(u_guided(y_sweep, w), x_sweep, args.sampler, args.steps)[0] for w in GUIDANCE_SWEEP]
+    sweep = [flow_sample(u_guided(y_sweep, w), x_sweep, args.sampler, args.steps) for w in GUIDANCE_SWEEP]
     save_grid(torch.cat(sweep), os.path.join(args.out_dir, "guidance.png"), len(y_sweep),
               f"{SCRIPT}: u_u + w (u_c - u_u), w > 1 from t = {args.guide_from:g}, EMA, "
               f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}",
@@ -337,57 +369,59 @@ def main(argv=None):
         y = torch.tensor(args.digits, device=device).repeat(args.n_samples // len(args.digits) + 1)[:args.n_samples]
         for y_chunk in y.split(250):  # 250 digits: forward batches of 500 (with and without the label)
             noise = torch.randn(len(y_chunk), 1, 28, 28, generator=gen).to(device)
-            x_1 = flow_sample(u_guided(y_chunk, args.guidance), noise, args.sampler, args.steps)[0]
+            x_1 = flow_sample(u_guided(y_chunk, args.guidance), noise, args.sampler, args.steps)
             xs.append(x_1.clamp(0, 1).cpu())
         save_atomic({"x": torch.cat(xs), "y": y.cpu(), "config": vars(args), "epoch": run["epoch"]},
                     os.path.join(args.out_dir, "samples.pt"))  # for evaluate.py
         print(f"sample: {args.n_samples} digits, {label}, in {time.time() - t0:.1f} s -> samples.pt")
     print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
+    show(*[os.path.join(args.out_dir, f) for f in ("samples.png", "guidance.png", "loss.png")
+           if os.path.exists(os.path.join(args.out_dir, f))])  # in a notebook: below the cell
 
 # =================================================================================================
-# Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
-# --- shared: flags and errors ---
-def number(kind, lo, hi=math.inf, lo_included=True):
-    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
-        return value
-    return parse
-
+# Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
+# --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one clear line on stderr, no traceback."""
+    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    if in_notebook():
+        raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-# --- shared: device and MNIST ---
+
+class OneLineError(Exception):
+    """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
+    def _render_traceback_(self):
+        return [str(self)]
+
+def in_notebook():
+    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    return shell is not None and "IPKernelApp" in shell.config
+# --- shared: device ---
 def pick_device(name):
-    """auto: cuda, then Apple's mps, then cpu. A device this machine does not have is a one-line error."""
+    """auto: cuda, then Apple's mps, then cpu. A device this machine lacks is a one-line error."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() \
+            else "cpu"
     try:
         if name.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(name)
         return torch.empty(0, device=name).device  # fails on a device this machine lacks
     except Exception:
         die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
-
+# --- shared: MNIST ---
 def find_idx_files(data_dir, train):
-    """The IDX image and label paths, or None: in DIR/MNIST/raw (torchvision), DIR, or Kaggle's (dotted, archive/)."""
+    """The IDX image and label paths, or None: in DIR, DIR/MNIST/raw (torchvision), or Kaggle's."""
     names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
         for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
             paths = [os.path.join(data_dir, folder, n) for n in file_names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]  # Kaggle's
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]
             if all(os.path.isfile(p) for p in paths):
                 return paths
 
 def read_idx(path, ndim):
-    """One IDX file (bytes 0, 0, 8 for uint8, ndim; each size a 4-byte big-endian int; the values) as a uint8 tensor:
-    read here, not by torchvision, which is slow to import (it is imported to download only)."""
+    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8 values) as a tensor."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -395,19 +429,18 @@ def read_idx(path, ndim):
     sizes = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     values = data[4 + 4 * ndim:]
     if len(values) != math.prod(sizes) or not values:
-        raise ValueError(f"{path} holds {len(values)} values where its header says {' x '.join(map(str, sizes))}")
+        raise ValueError(f"{path} holds {len(values)} values, its header says {sizes}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
 
 def load_mnist(data_dir, train=True, limit=0, device="cpu"):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from uint8 pixels p, int64 labels (N,), on device; limit > 0: N."""
-    if find_idx_files(data_dir, train) is None:  # not on disk: download the way torchvision users expect
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from pixels p, labels (N,); limit > 0: the first."""
+    if find_idx_files(data_dir, train) is None:
         try:
             import torchvision  # here, not at the top: only a download needs it
             torchvision.datasets.MNIST(data_dir, train=train, download=True)
         except Exception as e:  # offline, no permission, ...: say where the files go instead
-            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}). Put the four IDX "
-                f"files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                f"t10k-labels-idx1-ubyte, or the Kaggle .idx names) in {data_dir!r} or pass --data-dir")
+            die(f"MNIST is not in {data_dir!r} and could not be downloaded ({type(e).__name__}): "
+                f"put its four IDX files (train-images-idx3-ubyte, ...) there, or pass --data-dir")
     paths = find_idx_files(data_dir, train)
     try:
         images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1).long()
@@ -415,10 +448,11 @@ def load_mnist(data_dir, train=True, limit=0, device="cpu"):
         die(f"cannot read MNIST IDX files {paths}: {e}")
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
         die(f"{paths[0]} does not hold 28x28 MNIST digits matching {paths[1]}")
-    return images[:limit or None].unsqueeze(1).float().div(255).to(device), labels[:limit or None].to(device)
+    images, labels = images[:limit or None], labels[:limit or None]
+    return images.unsqueeze(1).float().div(255).to(device), labels.to(device)
 # --- shared: atomic save ---
 def save_atomic(obj, path, write=torch.save):
-    """write(obj, file) to path + '.tmp', fsync, rename over path: a kill or a full disk leaves the old file whole."""
+    """write(obj, file) to path.tmp, fsync, rename: a kill or a full disk leaves the old file whole."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -429,14 +463,8 @@ def save_atomic(obj, path, write=torch.save):
     except OSError as e:  # disk full, folder gone or read-only, ...
         if os.path.exists(tmp):
             os.remove(tmp)
-        die(f"cannot write {path} ({e.strerror or e}); the previous {os.path.basename(path)}, if any, is kept")
+        die(f"cannot write {path} ({e.strerror or e}); the previous file, if any, is kept")
 # --- shared: run safety ---
-def parse_flags(ap, argv):
-    """The flags, and the names of those on the command line: parsed again over a marker for each, no default set."""
-    args, unset = ap.parse_args(argv), object()
-    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
-    return args, {k for k, v in vars(again).items() if v is not unset}
-
 def prepare_out_dir(out_dir, continuing):
     """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
     try:
@@ -447,7 +475,8 @@ def prepare_out_dir(out_dir, continuing):
         die(f"cannot write to --out-dir {out_dir!r} ({e.strerror or e})")
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if os.path.exists(ckpt_path) and not continuing:
-        die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, or another --out-dir")
+        die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, "
+            f"or another --out-dir")
     return ckpt_path
 
 def rng_state(device):
@@ -458,44 +487,45 @@ def rng_state(device):
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
     if device.type in ("cuda", "mps") and state.get(device.type) is not None:
-        {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type](state[device.type])
+        setter = {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type]
+        setter(state[device.type])
 
 class EpochLog:
-    """One epoch's bookkeeping: progress bar, Ctrl-C, and a NaN check every 25 steps (the only host sync), before a
-    checkpoint holds the loss. On a clean exit the losses join run["loss_history"], and .seconds is set."""
-    def __init__(self, run, epoch, epochs, n_images):
-        self.run, self.epoch, self.losses, self.t0, self.left = run, epoch, [], time.time(), n_images
-        self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=True)
+    """An epoch's progress bar, Ctrl-C, .seconds, and a NaN check of losses every 25 steps (a sync)."""
+    def __init__(self, epoch, epochs, n_images, losses, last):
+        self.epoch, self.losses, self.left, self.t0 = epoch, losses, n_images, time.time()
+        self.kept = f"ckpt.pt holds epoch {last}: --resume continues it" if last else \
+            "no checkpoint was written"
+        self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True)
 
     def __enter__(self):
         return self
 
-    def step(self, loss, n_images):
-        self.losses.append(loss.detach())
+    def step(self, n_images):
         self.bar.update(n_images)
         self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
         if ctrl_c_pressed:  # a Ctrl-C that Python dropped (see on_ctrl_c) still stops the run here
             raise KeyboardInterrupt
-        if len(self.losses) % 25 == 0 or self.left <= 0:  # one host sync every 25 steps, and at the epoch's end
+        if len(self.losses) % 25 == 0 or self.left <= 0:  # every 25 steps, and at the epoch's end
             losses = torch.stack(self.losses)
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):
                 self.bar.close()  # else the bar redraws itself after the error line
-                last, step = self.run["epoch"], bad[0].item()
-                kept = f"ckpt.pt still holds epoch {last}, the last good one" if last else "no checkpoint was written"
-                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: training stopped; "
-                    f"{kept} (a lower --lr may help)")
+                step = bad[0].item()
+                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: "
+                    f"training stopped; {self.kept} (a lower --lr may help)")
             self.bar.set_postfix(loss=f"{losses[-25:].mean().item():.4f}")
 
     def __exit__(self, error, *_):
-        self.bar.close()  # also on Ctrl-C, before the one-line message (a bar closed later would print after it)
-        if error is None:
-            self.run["loss_history"] = torch.cat([self.run["loss_history"], torch.stack(self.losses).cpu()])
-            self.run["epoch"], self.seconds = self.epoch, time.time() - self.t0
+        self.bar.close()  # also on Ctrl-C, before the one-line message (not after it)
+        self.seconds = time.time() - self.t0
+        if error is not None and issubclass(error, KeyboardInterrupt):
+            die(f"interrupted in epoch {self.epoch}; {self.kept}", 130)
 # --- shared: checkpoints ---
 def open_run(args, given, script, train_keys):
-    """ckpt.pt's path, and for --resume or --sample-only (--ckpt implies it) the checkpoint (--ckpt, else ckpt.pt; None
-    for a new run), whose training flags the run takes: one given with another value is an error. --epochs may grow."""
+    """ckpt.pt's path, and for --resume or --sample-only (--ckpt implies it) the checkpoint (--ckpt,
+    else ckpt.pt; None for a new run). The run takes its training flags: for --resume, one given with
+    another value is an error; for sampling, a given --seed draws other noise. --epochs may grow."""
     if args.ckpt and args.resume:
         die("--ckpt is for sampling (it implies --sample-only); --resume continues OUT_DIR/ckpt.pt")
     args.sample_only = args.sample_only or bool(args.ckpt)
@@ -509,38 +539,43 @@ def open_run(args, given, script, train_keys):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         stored, config = ckpt["script"], ckpt["config"]
     except Exception as e:
-        die(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it or use another --out-dir")
+        die(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it or use another "
+            f"--out-dir")
     if stored != script:
         die(f"{path} was written by {stored}.py, not {script}.py; use another --out-dir")
-    if args.resume and "opt" not in ckpt:  # a shipped file: the EMA weights only, no optimizer to continue
-        die(f"{path} holds sampling weights only (no optimizer state): sample from it with --ckpt, not --resume")
+    if args.resume and "opt" not in ckpt:  # a shipped file: EMA weights only, no optimizer state
+        die(f"{path} holds sampling weights only: sample from it with --ckpt, not --resume")
     for k in train_keys:
+        if args.sample_only and k == "seed" and k in given:  # sampling: the seed picks the noise
+            continue
         if k in given and k in config and getattr(args, k) != config[k]:
             flag = "--" + k.replace("_", "-")
             die(f"{path} was trained with {flag} {config[k]}, you gave {flag} {getattr(args, k)}: "
                 f"drop the flag to continue that run, or use another --out-dir")
         setattr(args, k, config.get(k, getattr(args, k)))
     args.epochs = args.epochs if "epochs" in given else max(config["epochs"], ckpt["epoch"])
-    if args.resume and config.get("lr_decay", 1) != 1 and args.epochs != config["epochs"]:  # its lr curve would change
-        die(f"{path} decays its lr over --epochs {config['epochs']}: resume it with those, or use another --out-dir")
+    if args.resume and config.get("lr_decay", 1) != 1 and args.epochs != config["epochs"]:
+        die(f"{path} decays its lr over --epochs {config['epochs']}: resume it with those, or use "
+            f"another --out-dir")  # its lr curve would change
     print(f"loaded {path}: {ckpt['epoch']} epochs done")
     if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
         print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
     return ckpt_path, ckpt
 
 def restore_run(ckpt, model, ema, opt, device, out_dir):
-    """The run so far: epochs done, losses and per-epoch grids, with the weights, optimizer and RNG put back."""
+    """The run so far (epochs, losses, grids); the weights, optimizer and RNG put back."""
     run = {"epoch": 0, "loss_history": torch.zeros(0), "snapshots": {}}
     if ckpt is None:
         return run
     try:
         ema.load_state_dict(ckpt["ema"])
-        if "opt" in ckpt:  # a training checkpoint; a shipped file (pretrained/) holds the EMA weights only
+        if "opt" in ckpt:  # a training checkpoint; a shipped file holds the EMA weights only
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["opt"])
             set_rng_state(ckpt["rng"], device)
     except (KeyError, RuntimeError, ValueError) as e:
-        die(f"the checkpoint for {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
+        die(f"the checkpoint for {out_dir} does not fit this model ({type(e).__name__}); "
+            f"use another --out-dir")
     snap_path = os.path.join(out_dir, "snapshots.pt")
     grids = torch.load(snap_path, weights_only=True)["grids"] if os.path.exists(snap_path) else {}
     run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
@@ -549,72 +584,93 @@ def restore_run(ckpt, model, ema, opt, device, out_dir):
 
 def save_run(run, model, ema, opt, args, device, path, script):
     """The checkpoint: weights, EMA, optimizer, RNG, loss history and the flags that made them."""
-    save_atomic({"script": script, "config": vars(args), "epoch": run["epoch"], "model": model.state_dict(),
-                 "ema": ema.state_dict(), "opt": opt.state_dict(), "loss_history": run["loss_history"],
-                 "rng": rng_state(device)}, path)
+    save_atomic({"script": script, "config": vars(args), "epoch": run["epoch"],
+                 "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                 "loss_history": run["loss_history"], "rng": rng_state(device)}, path)
 # --- shared: snapshots and loss ---
 def save_snapshot(run, epoch, x, y, out_dir, row_labels, title):
-    """The grid of samples x after an epoch: a PNG, and all grids so far in snapshots.pt (make_gif.py --progress)."""
+    """An epoch's grid of samples x: a PNG, and in snapshots.pt (make_gif.py --progress)."""
     run["snapshots"][epoch] = to_uint8(x).cpu()
     save_grid(x, os.path.join(out_dir, f"samples_epoch{epoch:03d}.png"), 8, title, row_labels)
-    save_atomic({"grids": run["snapshots"], "y": None if y is None else y.cpu()}, os.path.join(out_dir, "snapshots.pt"))
+    save_atomic({"grids": run["snapshots"], "y": None if y is None else y.cpu()},
+                os.path.join(out_dir, "snapshots.pt"))
 
 def plot_loss(losses, path, title):
     """Per-step loss (light) and its moving average (dark), log scale."""
     k = max(1, len(losses) // 100)  # the moving average's window
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(losses.numpy(), alpha=0.3, lw=0.5, label="per step")
-    ax.plot(range(k - 1, len(losses)), losses.unfold(0, k, 1).mean(1).numpy(), lw=1.5, label=f"mean of {k} steps")
+    mean = losses.unfold(0, k, 1).mean(1)
+    ax.plot(range(k - 1, len(losses)), mean.numpy(), lw=1.5, label=f"mean of {k} steps")
     ax.set(yscale="log", xlabel="step", ylabel="MSE loss", title=title)
     ax.legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
-    """x01 (N, 1, H, W) in [0, 1] -> one (H', W') image, nrow digits per row, white `pad` pixels around each:
-    torchvision's make_grid(x01, nrow, padding=2, pad_value=1)[0], without importing torchvision (slow)."""
+    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0] without importing it (slow): (H', W')."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
     rows = math.ceil(n / cols)
-    cells = torch.cat([x01[:, 0].float().cpu(), torch.ones(rows * cols - n, h, w)])  # blank cells end the last row
-    cells = F.pad(cells, (pad, 0, pad, 0), value=1)  # a border above and left of each cell
-    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2).reshape(rows * (h + pad), cols * (w + pad))
+    blank = torch.ones(rows * cols - n, h, w)                   # blank cells end the last row
+    cells = F.pad(torch.cat([x01[:, 0].float().cpu(), blank]), (pad, 0, pad, 0), value=1)
+    grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2)  # a border above and left
+    grid = grid.reshape(rows * (h + pad), cols * (w + pad))
     return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
 # --- shared: grids and uint8 ---
 def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
-    """x (N, 1, 28, 28), clamped to [0, 1] -> one PNG of a grid, nrow images per row, labelled by row and column."""
+    """x (N, 1, 28, 28), clamped to [0, 1] -> a PNG of a grid, nrow images a row, labelled."""
     rows = math.ceil(len(x) / nrow)
-    fig, ax = plt.subplots(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
+    fig = Figure(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
+    ax = fig.subplots()
     ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [], fontsize=7)
-    ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [], fontsize=8)
+    ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [],
+                  fontsize=7)
+    ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [],
+                  fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 def to_uint8(x):
-    """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the compact form of trajectory.pt and snapshots.pt."""
+    """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the frames of the .pt files."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+# --- shared: figures inline ---
+def show(*paths):
+    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing: they are files."""
+    if in_notebook():
+        from IPython.display import Image, display  # a notebook's kernel runs on IPython
+        for path in paths:
+            display(Image(filename=path))
 # --- shared: entry point ---
-def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
-    signal.signal(signal.SIGINT, on_ctrl_c)
-    whole = "the files written are whole, and a training run continues from its last finished epoch with --resume"
-    try:
-        main()
-    except KeyboardInterrupt:
-        die(f"interrupted (Ctrl-C); {whole}", 130)
-    except OSError as e:
-        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; {whole}")
+def command(main):
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
+    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    def run(argv=None):
+        global ctrl_c_pressed
+        before = signal.getsignal(signal.SIGINT), sys.unraisablehook
+        ctrl_c_pressed = False
+        signal.signal(signal.SIGINT, on_ctrl_c)
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            die("interrupted: the files written are whole", 130)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            die(f"{e.strerror or e}{where}: stopped; the files written are whole")
+        finally:
+            signal.signal(signal.SIGINT, before[0])
+            ctrl_c_pressed, sys.unraisablehook = False, before[1]
+    return run
 
-ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
+ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
 
 def on_ctrl_c(signum, frame):
-    """Ctrl-C raises KeyboardInterrupt, remembered for the training loops (Python drops an exception raised in a
-    __del__, and would train on); __del__ errors go unprinted from here: a tqdm bar cut off mid-build fails there."""
+    """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
+    errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
 
+main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
-    run_main(main)
+    main()

@@ -47,6 +47,31 @@ FLOW_SCALE = 300  # flow matching's noise level s = 1 - t in [0, 1] counts as FL
 FPS = 8           # --fps default of the reverse process
 PROGRESS_FPS = 2  # --fps default with --progress
 STRIP_COLS = 11   # --strip: this many of the steps, evenly spaced from the noise to the digits
+# --- shared: flags ---
+def number(kind, lo, hi=math.inf, lo_included=True):
+    """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
+    lo_included=False: above lo. Anything else is argparse's one line, naming the flag."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            a = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {a}")
+        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
+        return value
+    return parse
+
+def parse_flags(ap, argv):
+    """The flags, and the names of those given (parsed again over a marker for each). In a notebook,
+    argv None is no flags (sys.argv is the kernel's), and a bad flag is die's one line."""
+    if in_notebook():
+        ap.error = die
+        if argv is None and sys.argv[0].endswith("kernel_launcher.py"):  # pasted whole into a cell
+            argv = []
+    args, unset = ap.parse_args(argv), object()
+    again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return args, {k for k, v in vars(again).items() if v is not unset}
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Reverse-process or training GIF (or strip) of a diffusion or flow run")
@@ -68,7 +93,7 @@ def get_args(argv=None):
                    help="integer upscaling 1..16, nearest neighbour (28 px -> 56 px)")
     g.add_argument("--levels", type=number(int, 2, 257), default=16,
                    help="grey levels, 2..256 (fewer: smaller file; 256: exact)")
-    args = ap.parse_args(argv)
+    args = parse_flags(ap, argv)[0]
     if args.progress and args.strip:
         ap.error("--progress and --strip each make their own picture: pass one of them")
     if args.fps is not None and args.fps > 50:
@@ -208,6 +233,7 @@ def main(argv=None):
         out = args.out or os.path.join(args.run_dir, "strip.png")
         w, h, rows, cols = save_strip(frames, t, nrow, row_labels, args.scale, font, px, out)
         print(f"wrote {out}: {w}x{h} px, {rows} rows of {cols} steps")
+        show(out)  # in a notebook: below the cell
         return
     pictures = [to_palette(render(x, s, row_labels, nrow, args.scale, font, px), args.levels)
                 for x, s in zip(images, texts)]
@@ -216,6 +242,7 @@ def main(argv=None):
     w, h = pictures[0].size
     print(f"wrote {out}: {n} frame{'s' * (n != 1)} ({texts[0]} ... {texts[-1]}), {w}x{h} px, "
           f"{os.path.getsize(out) / 1024:.0f} KB, {fps:g} fps + {args.hold:g} s on the last frame")
+    show(out)  # in a notebook: below the cell
 # --- inputs: the run files, checked ----------------------------------------------------------------
 def describe(x):
     return f"{x.dtype} tensor {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
@@ -279,44 +306,61 @@ def load_snapshots(run_dir):
     return grids, y, nrow
 
 # =================================================================================================
-# Plumbing: identical in every script, skip on a first read: errors, data, checkpoints, bookkeeping, plots.
-# --- shared: flags and errors ---
-def number(kind, lo, hi=math.inf, lo_included=True):
-    """argparse type: a finite int or float in [lo, hi) ((lo, hi) if not lo_included), else one line naming the flag."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
-        return value
-    return parse
-
+# Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
+# --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one clear line on stderr, no traceback."""
+    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    if in_notebook():
+        raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-# --- shared: entry point ---
-def run_main(main):
-    """Ctrl-C and a failed write (a full disk, a folder removed under a running job) are one line too."""
-    signal.signal(signal.SIGINT, on_ctrl_c)
-    whole = "the files written are whole, and a training run continues from its last finished epoch with --resume"
-    try:
-        main()
-    except KeyboardInterrupt:
-        die(f"interrupted (Ctrl-C); {whole}", 130)
-    except OSError as e:
-        die(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}: stopped; {whole}")
 
-ctrl_c_pressed = False  # set by on_ctrl_c, read by the training loops
+class OneLineError(Exception):
+    """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
+    def _render_traceback_(self):
+        return [str(self)]
+
+def in_notebook():
+    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    return shell is not None and "IPKernelApp" in shell.config
+# --- shared: figures inline ---
+def show(*paths):
+    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing: they are files."""
+    if in_notebook():
+        from IPython.display import Image, display  # a notebook's kernel runs on IPython
+        for path in paths:
+            display(Image(filename=path))
+# --- shared: entry point ---
+def command(main):
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
+    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    def run(argv=None):
+        global ctrl_c_pressed
+        before = signal.getsignal(signal.SIGINT), sys.unraisablehook
+        ctrl_c_pressed = False
+        signal.signal(signal.SIGINT, on_ctrl_c)
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            die("interrupted: the files written are whole", 130)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            die(f"{e.strerror or e}{where}: stopped; the files written are whole")
+        finally:
+            signal.signal(signal.SIGINT, before[0])
+            ctrl_c_pressed, sys.unraisablehook = False, before[1]
+    return run
+
+ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
 
 def on_ctrl_c(signum, frame):
-    """Ctrl-C raises KeyboardInterrupt, remembered for the training loops (Python drops an exception raised in a
-    __del__, and would train on); __del__ errors go unprinted from here: a tqdm bar cut off mid-build fails there."""
+    """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
+    errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
 
+main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
-    run_main(main)
+    main()

@@ -179,8 +179,7 @@ def test_a_figure_that_cannot_be_written_is_one_line(tiny_mnist, tmp_path, monke
         raise OSError(errno.ENOSPC, "No space left on device", "samples_epoch001.png")
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_on_a_full_disk)
     with pytest.raises(SystemExit) as e:
-        ddpm_time.run_main(lambda: ddpm_time.main(["--data-dir", tiny_mnist, "--out-dir", str(tmp_path), "--epochs",
-                                                   "1", *TINY]))
+        ddpm_time.main(["--data-dir", tiny_mnist, "--out-dir", str(tmp_path), "--epochs", "1", *TINY])
     msg = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and "No space left on device (samples_epoch001.png)" in msg
 
@@ -234,7 +233,7 @@ def test_ctrl_c_that_cuts_an_object_off_mid_construction_is_still_one_line(scrip
                 self.pos = 0
             def __del__(self):
                 abs(self.pos)
-        {script}.run_main(HalfBuilt)"""
+        {script}.command(lambda argv: HalfBuilt())()"""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1 and "interrupted" in proc.stderr, proc.stderr[-2000:]
@@ -258,9 +257,9 @@ def test_ctrl_c_that_python_drops_in_a_finalizer_still_stops_training(tiny_mnist
     monkeypatch.setattr(ddpm_class, "ddpm_loss_cfg", loss_with_a_dropped_ctrl_c)
     monkeypatch.setattr(ddpm_class, "ctrl_c_pressed", False)  # restored after the test
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # on_ctrl_c quiets it
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as e:
         ddpm_class.main(["--data-dir", tiny_mnist, "--out-dir", str(tmp_path), "--epochs", "3", *TINY])
-    assert calls.count(128) == 2, "training went on after the Ctrl-C"
+    assert e.value.code == 130 and calls.count(128) == 2, "training went on after the Ctrl-C"
 
 
 # --- a diverged run ----------------------------------------------------------------------------

@@ -51,15 +51,16 @@ def make_setup(batch_size=128, lr=1e-3, model_fn=None, opt_kwargs=None, memory_f
 def train_epoch(setup, x_all, y_all):
     """One epoch of the training loop exactly as ddpm_class.py's main() writes it; returns its seconds."""
     model, ema, opt, args = setup["model"], setup["ema"], setup["opt"], setup["args"]
-    run = {"epoch": 0, "loss_history": torch.zeros(0)}
-    with D.EpochLog(run, 1, 1, len(x_all)) as log:
+    losses = []
+    with D.EpochLog(1, 1, len(x_all), losses, 0) as log:
         for step, idx in enumerate(torch.randperm(len(x_all)).split(args.batch_size)):
             loss = setup["loss_fn"](model, x_all[idx], y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             setup["ema_update"](ema, model, args.ema_decay, step)
-            log.step(loss, len(idx))
+            losses.append(loss.detach())
+            log.step(len(idx))
     return log.seconds
 
 

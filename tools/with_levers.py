@@ -98,8 +98,8 @@ def patch(module, levers):
         torch.optim.AdamW = FusedAdamW
     enter, exit_ = module.EpochLog.__init__, module.EpochLog.__exit__
 
-    def init(self, run, epoch, epochs, n_images):
-        enter(self, run, epoch, epochs, n_images)
+    def init(self, epoch, epochs, n_images, losses, last):
+        enter(self, epoch, epochs, n_images, losses, last)
         self.n_images = n_images
 
     def exit_and_print(self, error, *rest):
@@ -127,7 +127,7 @@ def main():
     print(f"levers: {', '.join(sorted(levers)) or 'none'}", flush=True)
     sys.argv = [script] + sys.argv[3:]
     t0 = time.time()
-    module.run_main(module.main)
+    module.main()
     print(f"whole command: {time.time() - t0:.1f} s")
 
 
