@@ -10,7 +10,8 @@ Papers: Meng et al. 2021, "SDEdit", https://arxiv.org/abs/2108.01073; Lugmayr et
     python evaluate.py runs/edit/translate.pt            # how many translations read as the digit asked for
 
 Math: ddpm_class.py's model, x in [0, 1]; eps_w(x_t, y) = eps_u + w (eps_c - eps_u) (w = 0: eps_u, "no label");
-"denoise from t" = DDIM from t to 0 in ceil(steps t / T) steps, each clipping its x_0 (the shared sampler).
+"denoise from t" (1.4) = strided DDPM posterior steps t -> t' from t to 0, ceil(steps t / T) steps,
+    each clipping its x_0 and adding the posterior's noise, none on the last step (to t' = 0).
   a 1.1    forward      x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
   b 1.2    blur         x_hat = G_sigma * (x_t / sqrt(alpha_bar_t))     (it knows t, as the other two do)
     1.3    one step     x_hat = (x_t - sqrt(1 - alpha_bar_t) eps_u(x_t, t)) / sqrt(alpha_bar_t)
@@ -53,6 +54,7 @@ SHOW = (2, 4, 5, 8)             # the figures' digits: the first test digit of e
 FORWARD_T = (0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # part a's noise levels t / T
 DENOISE_T = (0.25, 0.5, 0.75)   # part b's: the course's t = 250, 500, 750 of 1000
 ANAGRAMS, HYBRIDS, SLERP_POINTS = 6, 3, 8  # f's anagrams, g's hybrids per pair, h's alphas from 0 to 1
+PARALLEL = 1e-4                 # h: slerp of a, b with sin(angle) below this is the straight line
 # --- shared: flags ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
@@ -86,7 +88,8 @@ def get_args(argv=None):
     g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing): its test digits")
     g.add_argument("--ckpt", default=SHIPPED, help="a ddpm_class.py checkpoint (default: the shipped weights)")
     g = ap.add_argument_group("sampling")
-    g.add_argument("--steps", type=number(int, 1), default=20, help="DDIM steps from T to 0 (fewer from a lower t)")
+    g.add_argument("--steps", type=number(int, 1), default=20,
+                   help="DDIM or posterior steps from T to 0 (fewer from a lower t)")
     g.add_argument("--guidance", type=number(float, -math.inf), default=5.0, help="w in eps_u + w (eps_c - eps_u)")
     g = ap.add_argument_group("parts")
     g.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS), help="which figures to make")
@@ -278,31 +281,53 @@ def guided_eps(model, y, w):
     return eps_fn
 # --- b-e: denoising from a noise level t: blur, one step, iterative; SDEdit; inpainting ---------
 def gaussian_blur(x, sigma):
-    """x (B, 1, H, W) convolved with a normalised Gaussian of std sigma px, separably, edges reflected."""
+    """x (B, 1, H, W) convolved with a Gaussian of std sigma px, separably, edges reflected."""
     r = max(1, math.ceil(3 * sigma))
-    k = torch.softmax(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device).square() / (2 * sigma ** 2), 0)
+    d = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)   # offsets from the centre, px
+    k = torch.softmax(-d.square() / (2 * sigma ** 2), 0)          # the Gaussian, summing to 1
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))     # along rows
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))  # along columns
 
-def denoise_from(eps_fn, x_t, t, sched, steps):
-    """Iterative denoising (1.4): DDIM from x_t at t to 0 in ceil(steps t / T) steps, on the schedule cut after t."""
-    cut = {k: v[:t + 1] for k, v in sched.items()}
-    return sample(eps_fn, x_t, cut, "ddim", math.ceil(steps * t / (len(sched["beta"]) - 1)), None)[0]
+def posterior_step(x_t, x0, t, t_prev, sched, gen):
+    r"""The course's 1.4: one stride t -> t' = t_prev < t, x_t' ~ q(x_t' | x_t, x_0 its estimate).
+    The stride's alpha = alpha_bar_t / alpha_bar_t', beta = 1 - alpha (t' = t - 1: ddpm_step's)."""
+    ab, ab_prev = sched["alpha_bar"][t], sched["alpha_bar"][t_prev]
+    alpha = ab / ab_prev
+    beta = 1 - alpha
+    # x_t' = sqrt(alpha_bar_t') beta / (1 - alpha_bar_t) x_0
+    #        + sqrt(alpha) (1 - alpha_bar_t') / (1 - alpha_bar_t) x_t  +  sigma z
+    mean = ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * x_t
+    if t_prev == 0:  # alpha_bar_0 = 1: the mean is x_0, sigma = 0: no noise on the final digit
+        return mean
+    beta_tilde = (1 - ab_prev) / (1 - ab) * beta    # sigma^2: the posterior's variance
+    z = torch.randn(x_t.shape, generator=gen).to(x_t.device)      # drawn on the CPU, as everywhere
+    return mean + beta_tilde.sqrt() * z
+
+@torch.no_grad()
+def denoise_from(eps_fn, x_t, t, sched, steps, gen):
+    """Iterative denoising (1.4): posterior steps from x_t at t to 0 on the sampler's grid cut at t,
+    ceil(steps t / T) of them; each clips its x_0 estimate to [0, 1], as the sampler does."""
+    ts = timesteps("ddim", t, math.ceil(steps * t / (len(sched["beta"]) - 1)))  # t, ..., 0
+    for t, t_prev in zip(ts[:-1], ts[1:]):
+        x0 = predict_x0(x_t, t, eps_fn(x_t, t), sched).clamp(0, 1)
+        x_t = posterior_step(x_t, x0, t, t_prev, sched, gen)
+    return x_t
 
 def sdedit(eps_fn, x0, t, sched, steps, gen):
-    """SDEdit (1.7): the forward process takes x_0 to x_t, then the model denoises it from t."""
-    eps = torch.randn(x0.shape, generator=gen).to(x0.device)    # drawn on the CPU: the same on every device
-    return denoise_from(eps_fn, q_sample(x0, t, eps, sched), t, sched, steps)
+    """SDEdit (1.7): the forward process takes x_0 to x_t, then denoise_from (1.4's posterior
+    steps with their noise, not DDIM) takes it back to 0: the course's SDEdit uses 1.4 too."""
+    eps = torch.randn(x0.shape, generator=gen).to(x0.device)    # drawn on the CPU: any device
+    return denoise_from(eps_fn, q_sample(x0, t, eps, sched), t, sched, steps, gen)
 
 @torch.no_grad()
 def inpaint(eps_fn, x_orig, mask, sched, steps, gen):
-    """RePaint's simplest form (1.7.2): DDIM from noise; after every step the known pixels (mask False) become
-    x_orig noised to the new t. At t = 0 that is x_orig itself, so the known pixels come back exactly."""
+    """RePaint's simplest form (1.7.2): posterior steps (1.4) from noise; after every step the known
+    pixels (mask False) become x_orig noised to the new t: at t = 0, x_orig itself, exactly."""
     x = torch.randn(x_orig.shape, generator=gen).to(x_orig.device)
     ts = timesteps("ddim", len(sched["beta"]) - 1, steps)
     for t, t_prev in zip(ts[:-1], ts[1:]):
-        x0 = predict_x0(x, t, eps_fn(x, t), sched).clamp(0, 1)    # one step of the shared sampler
-        x = ddim_step(x0, eps_from_x0(x, t, x0, sched), t_prev, sched)
+        x0 = predict_x0(x, t, eps_fn(x, t), sched).clamp(0, 1)    # one step of denoise_from
+        x = posterior_step(x, x0, t, t_prev, sched, gen)
         eps = torch.randn(x.shape, generator=gen).to(x.device)
         x = torch.where(mask, x, q_sample(x_orig, t_prev, eps, sched))
     return x
@@ -322,21 +347,33 @@ def hybrid_eps(eps_low, eps_high, lowpass):
 
 @torch.no_grad()
 def ddim_invert(eps_fn, x, sched, steps, iters):
-    """DDIM backwards, x = x_0 -> x_T through the sampler's t: each step finds the x_s (s > t) whose sampler step lands
-    on x_t. eps is first taken at (x_t, s), plain DDIM inversion, then `iters` times at the new x_s (fixed point)."""
-    ts = timesteps("ddim", len(sched["beta"]) - 1, steps)[::-1]   # 0, ..., T: the sampler's t, reversed
+    """DDIM backwards, x = x_0 -> x_T through the sampler's t: each step finds the x_s (s > t)
+    whose sampler step lands on x_t, x_s = ddim_step(predict_x0(x_t, t, eps), eps, s). That eps must
+    be the one the sampler's step from s uses, which it takes at (x_s, s); x_s is not known yet, so
+    eps is first taken at (x_t, s), x_t being close to x_s (plain DDIM inversion, as diffusers'
+    DDIMInverseScheduler does), then `iters` times more at the latest x_s: a fixed-point iteration
+    towards the x_s that the sampler maps back to x_t exactly."""
+    ts = timesteps("ddim", len(sched["beta"]) - 1, steps)[::-1]   # 0, ..., T: sampler's t reversed
     for t, s in zip(ts[:-1], ts[1:]):
         x_s = x
         for _ in range(iters + 1):
             x0_s = predict_x0(x_s, s, eps_fn(x_s, s), sched).clamp(0, 1)
-            eps = eps_from_x0(x_s, s, x0_s, sched)                # the eps the sampler's step from s uses
+            eps = eps_from_x0(x_s, s, x0_s, sched)                # as the sampler's step from s
             x_s = ddim_step(predict_x0(x, t, eps, sched), eps, s, sched)
         x = x_s
     return x
 
 def slerp(a, b, alpha):
-    """a, b (1, 1, 28, 28) at alpha (K, 1, 1, 1), along the sphere: |x_T| stays the size of Gaussian noise."""
-    theta = ((a * b).sum() / (a.norm() * b.norm())).clamp(-1, 1).acos()     # the angle between a and b
+    r"""Spherical interpolation of a, b (1, 1, 28, 28) at alpha (K, 1, 1, 1), theta = angle(a, b):
+    x = (sin((1 - alpha) theta) a + sin(alpha theta) b) / sin theta, in the plane of a and b, from a
+    (alpha = 0) to b (alpha = 1). It keeps the norm only when |a| = |b|: then |x| = |a| throughout
+    and angle(a, x) = alpha theta, so between two draws of Gaussian noise (nearly equal norms) x
+    stays the size of Gaussian noise, where the straight line sags. Otherwise (two inverted x_T may
+    differ) |x| goes from |a| to |b|. a, b (anti)parallel, sin theta ~ 0: no one arc, so the
+    straight line (1 - alpha) a + alpha b."""
+    theta = ((a * b).sum() / (a.norm() * b.norm())).clamp(-1, 1).acos()  # angle(a, b)
+    if torch.sin(theta) < PARALLEL:
+        return (1 - alpha) * a + alpha * b
     return (torch.sin((1 - alpha) * theta) * a + torch.sin(alpha * theta) * b) / torch.sin(theta)
 # --- c (1.7.1): your own drawing as an MNIST digit; a figure of captioned panels ----------------
 def load_drawing(path):
@@ -403,20 +440,23 @@ def main(argv=None):
         save_grid(x.flatten(0, 1), out("a_forward.png"), len(ts), "a (1.1): the forward process "
                   "x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps", row_labels, [f"t={t}" for t in ts])
 
-    # b (1.2-1.4): test digits noised to t, denoised by a blur, in one step and iteratively (eps_u); PSNR
+    # b (1.2-1.4): test digits noised to t; blur, one-step and iterative denoising (eps_u); PSNR
     if "b" in args.parts:
         x0, cells = x_test[:args.n_score], []
-        for t in [at(f) for f in DENOISE_T]:
-            x_t = q_sample(x0, t, noise(x0.shape, "b"), sched)
-            found = {"noisy x_t": x_t.clamp(0, 1),
-                     "blur": gaussian_blur(x_t / sched["alpha_bar"][t].sqrt(), args.blur_sigma).clamp(0, 1),
-                     "one step": predict_x0(x_t, t, eps_u(len(x0))(x_t, t), sched).clamp(0, 1),
-                     "iterative": denoise_from(eps_u(len(x0)), x_t, t, sched, steps)}
+        eps_fn = eps_u(len(x0))
+        eps_b = [noise(x0.shape, "b") for _ in DENOISE_T]          # every x_t's noise before 1.4's
+        for t, eps in zip([at(f) for f in DENOISE_T], eps_b):
+            x_t = q_sample(x0, t, eps, sched)
+            blur = gaussian_blur(x_t / sched["alpha_bar"][t].sqrt(), args.blur_sigma)
+            found = {"noisy x_t": x_t.clamp(0, 1), "blur": blur.clamp(0, 1),
+                     "one step": predict_x0(x_t, t, eps_fn(x_t, t), sched).clamp(0, 1),
+                     "iterative": denoise_from(eps_fn, x_t, t, sched, steps, gens["b"])}
             print(f"b: t={t}: PSNR, mean of {len(x0)} test digits: " +
                   ", ".join(f"{k} {psnr(v, x0).mean():.2f} dB" for k, v in found.items()))
             cells.append([(x0[0, 0], f"x_0, t={t}")] +
                          [(v[0, 0], f"{k}\n{psnr(v, x0)[0]:.1f} dB") for k, v in found.items()])
-        plot_cells(cells, out("b_denoise.png"), f"b (1.2-1.4): blur (sigma {args.blur_sigma:g} px), one step, DDIM")
+        plot_cells(cells, out("b_denoise.png"),
+                   f"b (1.2-1.4): blur (sigma {args.blur_sigma:g} px), one step, posterior steps")
 
     # c (1.7, 1.7.1): SDEdit of test digits with their own label, then of your drawing
     ts = [at(f) for f in args.levels]

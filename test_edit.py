@@ -61,18 +61,89 @@ def test_sdedit_from_t0_returns_its_input():
     assert torch.equal(edit.sdedit(smooth_eps, x0, 0, SCHED, STEPS, torch.Generator().manual_seed(0)), x0)
 
 
-def test_sdedit_from_T_is_plain_sampling_and_lower_t_takes_the_samplers_grid():
+def test_sdedit_takes_the_samplers_grid_cut_at_t_and_its_noise_from_the_generator():
     x0, seen = digits(), []
     def eps_fn(x, t):
         seen.append(t)
         return smooth_eps(x, t)
     x = edit.sdedit(eps_fn, x0, T, SCHED, STEPS, torch.Generator().manual_seed(0))
-    x_T = edit.q_sample(x0, T, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), SCHED)
-    assert torch.equal(x, edit.sample(smooth_eps, x_T, SCHED, "ddim", STEPS, None)[0])
     assert seen == edit.timesteps("ddim", T, STEPS)[:-1]             # T, 270, ..., 30
     seen.clear()
     edit.sdedit(eps_fn, x0, 150, SCHED, STEPS, torch.Generator().manual_seed(0))
     assert seen == [150, 120, 90, 60, 30]                             # ceil(10 * 150 / 300) steps, the same t
+    again = edit.sdedit(smooth_eps, x0, T, SCHED, STEPS, torch.Generator().manual_seed(0))
+    assert torch.equal(x, again)                                      # one seed, one edit
+
+
+def test_iterative_denoising_adds_the_generators_noise():
+    """From one x_t, two seeds give two digits (DDIM would give one), and one seed the same one."""
+    x_t = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(9))
+    x = [edit.denoise_from(smooth_eps, x_t, 150, SCHED, STEPS, torch.Generator().manual_seed(s))
+         for s in (0, 0, 1)]
+    assert torch.equal(x[0], x[1]) and (x[0] - x[2]).abs().max() > 0.1
+
+
+def ab(t):
+    return SCHED["alpha_bar"][t].double()
+
+
+@pytest.mark.parametrize("t, t_prev", [(150, 120), (300, 270), (60, 30), (31, 30), (1, 0), (30, 0)])
+def test_posterior_step_is_q_of_x_t_prime_given_x_t_and_x0(t, t_prev):
+    """Given x_0, x_t' and x_t = sqrt(a) x_t' + sqrt(1 - a) e (a = ab_t / ab_t') are jointly
+    Gaussian, so q(x_t' | x_t, x_0) follows by conditioning: with c = Cov(x_t', x_t) =
+    sqrt(a) (1 - ab_t') and v = Var(x_t) = 1 - ab_t, its mean is
+    sqrt(ab_t') x_0 + c / v (x_t - sqrt(ab_t) x_0) and its variance (1 - ab_t') - c^2 / v.
+    The step is a draw from it, z the generator's next normal draw; to t' = 0, x_0 itself."""
+    g = torch.Generator().manual_seed(3)
+    x0, x_t = torch.rand(4, 1, 28, 28, generator=g), torch.randn(4, 1, 28, 28, generator=g)
+    a = ab(t) / ab(t_prev)
+    c, v = a.sqrt() * (1 - ab(t_prev)), 1 - ab(t)
+    mean = ab(t_prev).sqrt() * x0.double() + c / v * (x_t.double() - ab(t).sqrt() * x0.double())
+    var = (1 - ab(t_prev)) - c ** 2 / v
+    gen = torch.Generator().manual_seed(7)
+    x = edit.posterior_step(x_t, x0, t, t_prev, SCHED, gen)
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(x.double(), mean + var.clamp(min=0).sqrt() * z, atol=2e-5)
+    if t_prev == 0:                                                   # no noise, none drawn
+        unused = torch.Generator().manual_seed(7).get_state()
+        assert torch.equal(x, x0) and torch.equal(gen.get_state(), unused)
+
+
+def test_a_stride_of_one_is_ddpm_step_with_the_posterior_variance():
+    """t' = t - 1 with x_0 = predict_x0(x_t, eps): the mean of the shared ddpm_step (Ho et al.'s
+    Algorithm 2), the noise scaled by sqrt(beta_tilde_t) where ddpm_step takes sqrt(beta_t).
+    In float64: in float32, 1 - alpha_bar_t near t = 0 keeps few digits, and the two routes round
+    differently."""
+    sched = {k: v.double() for k, v in SCHED.items()}
+    x_t = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(4)).double()
+    for t in (2, 10, 100, T):
+        eps = smooth_eps(x_t, t)
+        z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t)).double()
+        ours = edit.posterior_step(x_t, edit.predict_x0(x_t, t, eps, sched), t, t - 1, sched,
+                                   torch.Generator().manual_seed(t))
+        ho = edit.ddpm_step(x_t, t, eps, sched, torch.Generator().manual_seed(t))
+        ab, beta = sched["alpha_bar"], sched["beta"]
+        beta_tilde = (1 - ab[t - 1]) / (1 - ab[t]) * beta[t]
+        assert torch.allclose(ours - beta_tilde.sqrt() * z, ho - beta[t].sqrt() * z, atol=1e-5)
+
+
+@pytest.mark.parametrize("t, steps", [(T, STEPS), (150, 20)])
+def test_iterative_denoising_with_a_perfect_predictor_keeps_every_x_t_on_its_marginal(t, steps):
+    """Data all one image c: the exact eps gives x_0 = c at every step. Each x_t' drawn from the
+    posterior then has the forward marginal N(sqrt(ab_t') c, (1 - ab_t') I) (a variance of beta
+    instead of beta_tilde would not), and the last step lands on c with no noise."""
+    c = digits(1, seed=5)[0]
+    g, visited = torch.Generator().manual_seed(6), []
+    def eps_fn(x, s):
+        visited.append((s, x))
+        return edit.eps_from_x0(x, s, c, SCHED)
+    x_t = edit.q_sample(c, t, torch.randn(64, 1, 28, 28, generator=g), SCHED)
+    x = edit.denoise_from(eps_fn, x_t, t, SCHED, steps, g)
+    assert torch.allclose(x, c.expand_as(x), atol=1e-5)
+    assert [s for s, _ in visited] == edit.timesteps("ddim", t, math.ceil(steps * t / T))[:-1]
+    for s, x_s in visited:
+        e = (x_s - ab(s).sqrt().float() * c) / (1 - ab(s)).sqrt().float()  # should be N(0, I)
+        assert abs(e.mean()) < 0.02 and abs(e.std() - 1) < 0.02, (s, e.mean(), e.std())
 
 
 @pytest.mark.parametrize("steps", [10, 20])
@@ -140,13 +211,29 @@ def test_guided_eps_is_the_documented_formula():
     assert torch.equal(edit.guided_eps(model, y, 0)(x, 100), eps_u)
 
 
-def test_slerp_ends_at_its_endpoints_and_keeps_the_norm_of_orthogonal_noise():
-    a = torch.zeros(1, 1, 28, 28)
-    b = torch.zeros(1, 1, 28, 28)
+def test_slerp_ends_at_its_endpoints_and_keeps_the_norm_only_of_equal_norms():
+    a, b = torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 28, 28)
     a[..., 0, 0], b[..., 0, 1] = 3.0, 3.0                             # orthogonal, |a| = |b| = 3
-    x = edit.slerp(a, b, torch.linspace(0, 1, 5).view(-1, 1, 1, 1))
+    alpha = torch.linspace(0, 1, 5).view(-1, 1, 1, 1)
+    x = edit.slerp(a, b, alpha)
     assert torch.allclose(x[0], a[0], atol=1e-6) and torch.allclose(x[-1], b[0], atol=1e-6)
     assert torch.allclose(x.flatten(1).norm(dim=1), torch.tensor(3.0))
+    angle = torch.atan2(x[:, 0, 0, 1], x[:, 0, 0, 0])                 # angle(a, x) = alpha 90 deg
+    assert torch.allclose(angle, alpha.flatten() * math.pi / 2, atol=1e-6)
+    x = edit.slerp(a, 2 * b, alpha)                                   # |2 b| = 6: from 3 to 6
+    assert torch.allclose(x.flatten(1).norm(dim=1)[[0, -1]], torch.tensor([3.0, 6.0]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0, -1.0])
+def test_slerp_of_parallel_vectors_is_the_straight_line(scale):
+    """theta = 0 (or pi): sin theta = 0, so the arc's formula would divide by zero."""
+    a = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(8))
+    a[..., 0, 0] = 0
+    a[..., 0, 0] = a.norm()                                           # cos(a, scale a) = +-1
+    alpha = torch.linspace(0, 1, 5).view(-1, 1, 1, 1)
+    x = edit.slerp(a, scale * a, alpha)
+    assert torch.isfinite(x).all()
+    assert torch.allclose(x, (1 - alpha) * a + alpha * scale * a, atol=1e-5)
 
 
 # --- your drawing: made an MNIST digit -------------------------------------------------------------
