@@ -80,19 +80,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def run_script(script, *args, cwd=None, check=True, timeout=600, threads=1, process=False, alone=None):
+def run_script(script, *args, cwd=None, check=True, timeout=600, threads=1, process=False, alone=None, env=None):
     """Run one of our scripts with these command-line arguments, on the CPU, and return the result (returncode,
     stdout, stderr). By default in this process: the script's main(argv), its output captured, its exit code
     taken from SystemExit, seconds faster than a new interpreter (torch's import alone takes seconds). A test of
     the command line itself (a real process, a folder to run in) passes process=True or cwd; alone=FOLDER
     copies the script alone into that empty folder and runs it there (nothing else of ours beside it). One thread either
-    way (see the top of this file), or `threads`."""
+    way (see the top of this file), or `threads`; env: a real process's environment."""
     if alone is not None:
         shutil.copy(os.path.join(HERE, script), alone)
         cwd, process = alone, True
     if process or cwd is not None:
         cmd = [sys.executable, script if alone else os.path.join(HERE, script), *map(str, args)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = {**(env or os.environ), "OMP_NUM_THREADS": str(threads)}
         r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     else:
         module, out, err = importlib.import_module(script[:-3]), io.StringIO(), io.StringIO()

@@ -49,7 +49,8 @@ from matplotlib.figure import Figure  # writes files, and leaves a notebook's py
 
 NULL = 10                       # the "no label" class of ddpm_class.py: eps_u = eps_theta(x_t, t, NULL)
 PARTS = "abcdefgh"
-SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "ddpm_class.pt")
+HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else "."  # a cell: "."
+SHIPPED = os.path.join(HERE, "pretrained", "ddpm_class.pt")
 SHOW = (2, 4, 5, 8)             # the figures' digits: the first test digit of each of these classes
 FORWARD_T = (0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # part a's noise levels t / T
 DENOISE_T = (0.25, 0.5, 0.75)   # part b's: the course's t = 250, 500, 750 of 1000

@@ -327,7 +327,8 @@ def made_by(d):
     parts += [f"epoch {d['epoch']}"] if "epoch" in d else []
     return f" ({', '.join(parts)})" if parts else ""
 # --- classifier cache ----------------------------------------------------------------------------
-SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "mnist_classifier.pt")
+HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else "."  # a cell: "."
+SHIPPED_CLASSIFIER = os.path.join(HERE, "pretrained", "mnist_classifier.pt")
 
 def default_classifier(data_dir):
     """The shipped classifier (the one RESULTS.md scored with) when it is beside this file, else the cache

@@ -343,12 +343,15 @@ def plot_straightness(S, path):
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 def plot_paths(paths, path):
-    """x_t of six pixels of one digit against t, teacher (left) and student (right): curves, lines."""
+    """x_t against t for the six pixels of the first digit whose teacher path bends most (farthest
+    from its chord), teacher (left) and student (right), the same pixels and noise."""
+    xs = {who: torch.stack(p)[:, 0, 0].flatten(1).cpu() for who, p in paths.items()}  # (steps + 1, 784)
+    t = torch.linspace(0, 1, len(xs["teacher"]))[:, None]
+    chord = xs["teacher"][0] + t * (xs["teacher"][-1] - xs["teacher"][0])
+    pixels = (xs["teacher"] - chord).abs().amax(0).topk(6).indices
     fig = Figure(figsize=(8, 3.2))
-    for ax, (who, p) in zip(fig.subplots(1, 2, sharey=True), paths.items()):
-        xs = torch.stack(p)[:, 0, 0].flatten(1).cpu()              # (steps + 1, 784): the first digit
-        for k in (300, 350, 378, 406, 434, 490):                   # pixels down the middle
-            ax.plot(torch.linspace(0, 1, len(xs)).numpy(), xs[:, k].numpy())
+    for ax, (who, x) in zip(fig.subplots(1, 2, sharey=True), xs.items()):
+        ax.plot(t.numpy(), x[:, pixels].numpy())
         ax.set(xlabel="t", title=f"{who}: x_t of 6 pixels")
     fig.savefig(path, dpi=100, bbox_inches="tight")
 # --- main ---------------------------------------------------------------------------------------
