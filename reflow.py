@@ -254,7 +254,20 @@ def flow_sample(u_fn, x_0, sampler, steps, path=None):
     if path is not None:
         path.append(x)
     return x
-# --- reflow: the student's loss on the coupled pairs ---------------------------------------------
+# --- a. the couplings ---------------------------------------------------------------------------
+@torch.no_grad()
+def draw_pairs(pairs, u_teacher, steps, device, save):
+    """x_1 = Phi(x_0, y) for every pair not yet drawn: the teacher's guided Euler solution from
+    x_0, CHUNK pairs a batch; save() every SAVE_EVERY pairs and at the end, so a kill keeps them."""
+    n = len(pairs["x0"])
+    for i in tqdm(range(pairs["done"], n, CHUNK), desc="pairs", unit="batch"):
+        x0 = pairs["x0"][i:i + CHUNK].to(device)
+        y = pairs["y"][i:i + CHUNK].to(device)
+        pairs["x1"][i:i + CHUNK] = flow_sample(u_teacher(y), x0, "euler", steps).cpu()
+        pairs["done"] = min(i + CHUNK, n)
+        if pairs["done"] % SAVE_EVERY == 0 or pairs["done"] == n:
+            save()
+# --- b. reflow: the student's loss on the coupled pairs ---------------------------------
 def sample_t(n, t_dist, device):
     """t (n,) in [0, 1]: uniform, or U-shaped with density cosh(a (t - 1/2)) / Z, a = 4, drawn by
     inverting its CDF F(t) = 1/2 + sinh(a (t - 1/2)) / (2 sinh(a / 2)): the ends, t = 0 (where one
@@ -363,102 +376,121 @@ def main(argv=None):
     ckpt_path, ckpt = open_run(args, given, SCRIPT, TRAIN_KEYS)
     print(vars(args))
 
-    # the teacher: flow_class.py's weights, guided as flow_class.py samples (w from --guide-from, clipped)
+    def out(name):  # a file in --out-dir
+        return os.path.join(args.out_dir, name)
+
+    # the teacher: flow_class.py's weights, guided as flow_class.py samples
     teacher, scale, fingerprint = load_teacher(args.ckpt_teacher, device)
-    def u_teacher(y):
+
+    def u_teacher(y):  # w from --guide-from on, the predicted digit clipped (--clip)
         u_fn = guided_velocity_fn(teacher, y, args.guidance, scale, args.guide_from)
         return clip_x1(u_fn) if args.clip else u_fn
 
-    # the student: the same UNet, started from the teacher's weights; its EMA is what we sample from
+    # the student: the same UNet, from the teacher's weights; we sample its EMA
     model = copy.deepcopy(teacher).requires_grad_(True)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     run = restore_run(ckpt, model, ema, opt, device, args.out_dir)
-    def u_student(y):  # no guidance pass: the pairs were guided, the student learned where they go
+
+    def u_student(y):  # no guidance pass: the pairs were guided, and it learned them
         def u_fn(x, t):
-            return velocity(ema, x, torch.full((len(x),), t, device=x.device), scale, y)
+            t_batch = torch.full((len(x),), t, device=x.device)
+            return velocity(ema, x, t_batch, scale, y)
         return clip_x1(u_fn) if args.clip else u_fn
 
-    # a. the couplings: x_1 = the teacher's Euler solution from x_0, saved as they are made
-    if not args.sample_only and run["epoch"] < args.epochs:
-        pairs_path = os.path.join(args.out_dir, "pairs.pt")
-        pairs = load_pairs(pairs_path, args, fingerprint)
-        t0, first = time.time(), pairs["done"]
-        for i in tqdm(range(first, args.pairs, CHUNK), desc="pairs", unit="batch", disable=first == args.pairs):
-            x0, y = pairs["x0"][i:i + CHUNK].to(device), pairs["y"][i:i + CHUNK].to(device)
-            pairs["x1"][i:i + CHUNK] = flow_sample(u_teacher(y), x0, "euler", args.pair_steps).cpu()
-            pairs["done"] = min(i + CHUNK, args.pairs)
-            if pairs["done"] % SAVE_EVERY == 0 or pairs["done"] == args.pairs:
-                save_atomic(pairs, pairs_path)
+    # a. the couplings x_1 = Phi(x_0, y), saved as they are drawn
+    training = not args.sample_only and run["epoch"] < args.epochs
+    if training:
+        pairs = load_pairs(out("pairs.pt"), args, fingerprint)
+        first, t0 = pairs["done"], time.time()
+        draw_pairs(pairs, u_teacher, args.pair_steps, device,
+                   lambda: save_atomic(pairs, out("pairs.pt")))
         if args.pairs > first:
-            print(f"pairs: {args.pairs - first} in {time.time() - t0:.0f} s (Euler {args.pair_steps})")
+            print(f"pairs: {args.pairs - first} in {time.time() - t0:.0f} s")
 
-    # b. reflow: the student learns the straight line from each x_0 to its own x_1
-    rows = torch.arange(10, device=device).repeat_interleave(8)   # the grid: 8 of each digit
-    x_grid = torch.randn(len(rows), 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1))
-    x_grid = x_grid.to(device)
-    row_labels = [str(d) for d in range(10)]
-    if not args.sample_only and run["epoch"] < args.epochs:
-        x0_all, y_all, x1_all = (pairs[k].to(device) for k in ("x0", "y", "x1"))
-        step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1
+    # the grid: 8 of each digit, the same noise every epoch
+    rows = torch.arange(10, device=device).repeat_interleave(8)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    x_grid = torch.randn(len(rows), 1, 28, 28, generator=gen).to(device)
+    labels = [str(d) for d in range(10)]
+
+    # b. reflow: the student learns the line from each x_0 to its x_1
+    if training:
+        x0s, ys, x1s = (pairs[k].to(device) for k in ("x0", "y", "x1"))
+        step, train_s = len(run["loss_history"]), 0.0
+        first = run["epoch"] + 1
         for epoch in range(first, args.epochs + 1):
-            losses = []  # this epoch's, kept on the device: no host sync per step
-            with EpochLog(epoch, args.epochs, len(x0_all), losses, run["epoch"]) as log:
-                for idx in torch.randperm(len(x0_all), device=device).split(args.batch_size):
-                    loss = reflow_loss(model, x0_all[idx], x1_all[idx], y_all[idx], scale, args.loss,
-                                       args.t_dist)
+            losses = []  # this epoch's, on the device: no sync per step
+            with EpochLog(epoch, args.epochs, len(x0s), losses,
+                          run["epoch"]) as log:
+                order = torch.randperm(len(x0s), device=device)
+                for idx in order.split(args.batch_size):
+                    loss = reflow_loss(model, x0s[idx], x1s[idx], ys[idx],
+                                       scale, args.loss, args.t_dist)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     ema_update(ema, model, args.ema_decay, step)
                     step += 1
                     losses.append(loss.detach())
-                    log.step(len(idx))  # progress bar, NaN stop, Ctrl-C
-            run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
+                    log.step(len(idx))  # progress, NaN stop, Ctrl-C
+            losses = torch.stack(losses).cpu()
+            run["loss_history"] = torch.cat([run["loss_history"], losses])
             run["epoch"], train_s = epoch, train_s + log.seconds
-            x_1 = flow_sample(u_student(rows), x_grid, "euler", 1)   # one step, every epoch
-            save_snapshot(run, epoch, x_1, rows, args.out_dir, row_labels,
+            x_1 = flow_sample(u_student(rows), x_grid, "euler", 1)
+            save_snapshot(run, epoch, x_1, rows, args.out_dir, labels,
                           f"{SCRIPT}: epoch {epoch} (EMA, Euler 1, NFE 1)")
             save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
         n = args.epochs - first + 1
-        print(f"train: {train_s / n:.1f} s/epoch, {n * len(x0_all) / train_s:.0f} img/s")
+        print(f"train: {train_s / n:.1f} s/epoch, "
+              f"{n * len(x0s) / train_s:.0f} img/s")
     if len(run["loss_history"]):
-        plot_loss(run["loss_history"], os.path.join(args.out_dir, "loss.png"), f"{SCRIPT}: loss")
+        plot_loss(run["loss_history"], out("loss.png"), f"{SCRIPT}: loss")
 
-    # figures: the student's grid; teacher and student on the same noise at 1, 2, 4, 8 steps
+    # figures: the student's grid; both models at 1, 2, 4, 8 steps
     label = f"{args.sampler.capitalize()} {args.steps}, NFE {args.nfe}"
     x_1 = flow_sample(u_student(rows), x_grid, args.sampler, args.steps)
-    save_grid(x_1, os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: student, {label}",
-              row_labels)
-    y10, x10 = rows[::8], x_grid[::8]                              # one of each digit
-    grids = [flow_sample(u(y10), x10, "euler", k) for u in (u_teacher, u_student) for k in COMPARE_STEPS]
-    save_grid(torch.cat(grids), os.path.join(args.out_dir, "compare.png"), 10,
-              f"{SCRIPT}: the same noise, Euler k steps (teacher guided w={args.guidance:g}: NFE up to 2k)",
-              [f"{who} {k}" for who in ("teacher", "student") for k in COMPARE_STEPS], row_labels)
+    save_grid(x_1, out("samples.png"), 8, f"{SCRIPT}: student, {label}",
+              labels)
+    y10, x10 = rows[::8], x_grid[::8]  # one of each digit
+    grids = [flow_sample(u(y10), x10, "euler", k)
+             for u in (u_teacher, u_student) for k in COMPARE_STEPS]
+    who_k = [f"{who} {k}" for who in ("teacher", "student")
+             for k in COMPARE_STEPS]
+    save_grid(torch.cat(grids), out("compare.png"), 10,
+              f"{SCRIPT}: the same noise, Euler k steps "
+              f"(the teacher, guided: up to 2k NFE)", who_k, labels)
 
-    # straightness along each model's own 50-step path, and a few pixels' paths
+    # straightness along each model's own path; pixel paths
     paths = {"teacher": [], "student": []}
     for who, u in (("teacher", u_teacher), ("student", u_student)):
         flow_sample(u(y10), x10, "euler", PATH_STEPS, paths[who])
     S = {who: straightness(p) for who, p in paths.items()}
-    print("straightness S (0: straight): " + ", ".join(f"{w} {s.mean():.4f}" for w, s in S.items()))
-    plot_straightness(S, os.path.join(args.out_dir, "straightness.png"))
-    plot_paths(paths, os.path.join(args.out_dir, "paths.png"))
+    print("straightness S (0: straight): "
+          + ", ".join(f"{w} {s.mean():.4f}" for w, s in S.items()))
+    plot_straightness(S, out("straightness.png"))
+    plot_paths(paths, out("paths.png"))
 
-    # samples: N digits for evaluate.py (0, 1, ..., 9, 0, ...), their noise as flow_class.py draws it
+    # samples: N digits for evaluate.py, 0, 1, ..., 9, 0, ...
     if args.n_samples:
-        gen = torch.Generator().manual_seed(args.seed + 2)
-        y = torch.arange(10, device=device).repeat(args.n_samples // 10 + 1)[:args.n_samples]
-        noise = [torch.randn(len(c), 1, 28, 28, generator=gen).to(device) for c in y.split(250)]
+        y = torch.arange(10, device=device).repeat(args.n_samples // 10 + 1)
+        y = y[:args.n_samples]
+        gen = torch.Generator().manual_seed(args.seed + 2)  # flow_class's
+        noise = [torch.randn(len(c), 1, 28, 28, generator=gen).to(device)
+                 for c in y.split(250)]
         t0 = time.time()
-        xs = [flow_sample(u_student(c), n, args.sampler, args.steps) for c, n in zip(y.split(250), noise)]
+        xs = [flow_sample(u_student(c), x, args.sampler, args.steps)
+              for c, x in zip(y.split(250), noise)]
         x = torch.cat(xs).clamp(0, 1).cpu()
-        print(f"sample: {args.n_samples} digits, {label}, in {time.time() - t0:.2f} s -> samples.pt")
-        save_atomic({"x": x, "y": y.cpu(), "config": vars(args), "epoch": run["epoch"]},
-                    os.path.join(args.out_dir, "samples.pt"))
-    print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
-    show(*[os.path.join(args.out_dir, f) for f in ('samples.png', 'compare.png', 'straightness.png', 'paths.png', 'loss.png')
-           if os.path.exists(os.path.join(args.out_dir, f))])  # in a notebook: below the cell
+        print(f"sample: {len(x)} digits, {label}, in "
+              f"{time.time() - t0:.2f} s -> samples.pt")
+        save_atomic({"x": x, "y": y.cpu(), "config": vars(args),
+                     "epoch": run["epoch"]}, out("samples.pt"))
+    print(f"outputs in {args.out_dir}/: "
+          + ", ".join(sorted(os.listdir(args.out_dir))))
+    figures = ("samples.png", "compare.png", "straightness.png", "paths.png",
+               "loss.png")
+    show(*[out(f) for f in figures if os.path.exists(out(f))])  # notebooks
 
 # =================================================================================================
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.

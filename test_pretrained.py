@@ -18,6 +18,7 @@ from conftest import HERE, REAL_MNIST, assert_png, run_script
 
 CLASSIFIER = "mnist_classifier.pt"  # evaluate.py's; every other file is a generating script's weights
 SHIPPED = sorted(p for p in glob.glob(os.path.join(HERE, "pretrained", "*.pt")) if not p.endswith(CLASSIFIER))
+FILE_OF = {"reflow": "reflow_class.pt"}  # reflow.py's student of flow_class.pt; every other: SCRIPT.pt
 NAMES = [os.path.basename(p) for p in SHIPPED]
 MAX_MB = 5                    # "a few MB": a clone stays small
 FEW_STEPS = 4                 # sampler steps in the quick test: enough to run every code path
@@ -28,6 +29,7 @@ QUICK = {
                    {"DDIM_STEPS": FEW_STEPS, "GUIDANCE_SWEEP": (0, 5)}),
     "flow_time": (["--steps", FEW_STEPS], {"STEPS": FEW_STEPS}),
     "flow_class": (["--steps", FEW_STEPS, "--digits", 3], {"STEPS": FEW_STEPS, "GUIDANCE_SWEEP": (0, 5)}),
+    "reflow": (["--steps", 1], {"PATH_STEPS": FEW_STEPS}),  # one step, the student's point
 }
 
 
@@ -38,8 +40,9 @@ def load(path):
 def test_the_readme_weights_are_shipped():
     """README's quick start samples from pretrained/ddpm_class.pt; every shipped file is a script's."""
     assert "ddpm_class.pt" in NAMES
+    scripts = {FILE_OF.get(s, s + ".pt"): s for s in (f[:-3] for f in os.listdir(HERE) if f.endswith(".py"))}
     for name in NAMES:
-        assert os.path.isfile(os.path.join(HERE, name.replace(".pt", ".py"))), f"{name}: no script of that name"
+        assert name in scripts, f"{name}: no script of that name"
 
 
 def test_every_shipped_file_a_user_is_told_about_exists():
@@ -55,7 +58,7 @@ def test_shipped_file_is_small_and_says_how_it_was_made(path):
     d = load(path)
     script = importlib.import_module(d["script"])
     assert os.path.getsize(path) < MAX_MB * 1e6
-    assert d["script"] + ".pt" == os.path.basename(path)
+    assert FILE_OF.get(d["script"], d["script"] + ".pt") == os.path.basename(path)
     assert set(d["config"]) == {*script.TRAIN_KEYS, "epochs"} and d["epoch"] == d["config"]["epochs"]
     assert "opt" not in d and "rng" not in d                  # sampling weights only
     assert {"made by", "scores", "machine", "exported at commit"} <= set(d["about"])
@@ -93,7 +96,8 @@ def test_shipped_weights_load_and_draw_digits(path, tmp_path, tiny_mnist, monkey
     flags, constants = QUICK[name]
     for k, v in constants.items():
         monkeypatch.setattr(script, k, v)
-    script.main(list(map(str, ["--ckpt", path, "--out-dir", out, "--n-samples", 20, "--device", "cpu", *flags])))
+    which = "--student" if name == "reflow" else "--ckpt"  # reflow.py's --ckpt is its teacher
+    script.main(list(map(str, [which, path, "--out-dir", out, "--n-samples", 20, "--device", "cpu", *flags])))
     assert_png(out / "samples.png")
     s = torch.load(out / "samples.pt", weights_only=True)
     assert s["x"].shape == (20, 1, 28, 28) and 0 <= s["x"].min() and s["x"].max() <= 1
