@@ -60,14 +60,15 @@ PARALLEL = 1e-4                 # h: slerp of a, b with sin(angle) below this is
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
     lo_included=False: above lo. Anything else is argparse's one line, naming the flag."""
+    interval = ("[" if lo_included else "(") + f"{lo}, {hi})"  # for the error message
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             a = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {a}")
-        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (lo < value < hi or value == lo and lo_included)):
+            raise argparse.ArgumentTypeError(f"{text} is not in {interval}")
         return value
     return parse
 
@@ -163,8 +164,8 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
     def __init__(self, c, heads=4):
         super().__init__()
-        self.norm, self.qkv, self.proj = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
-        self.heads = heads
+        self.norm, self.qkv = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1)  # q, k, v in one conv
+        self.proj, self.heads = nn.Conv2d(c, c, 1), heads
 
     def forward(self, x):                             # x (B, C, H, W)
         B, C, H, W = x.shape
@@ -174,25 +175,26 @@ class SelfAttention(nn.Module):
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 # --- shared: UNet ---
 class UNet(nn.Module):
-    """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes also the label y, embedded and added to t's embedding.
-    28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated: faster, as good (RESULTS.md)."""
+    """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes, a label y too, embedded and added
+    to t. 28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated."""
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
         c1, c2, c3 = channels
         self.emb_dim = emb_dim
-        self.t_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.t_mlp = nn.Sequential(
+            nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.y_emb = nn.Embedding(n_classes, emb_dim) if n_classes else None
         self.inp = nn.Conv2d(1, c1, 3, padding=1)
-        self.down1, self.pool1 = ResBlock(c1, c1, emb_dim), nn.Conv2d(c1, c1, 3, stride=2, padding=1)
-        self.down2, self.pool2 = ResBlock(c1, c2, emb_dim), nn.Conv2d(c2, c2, 3, stride=2, padding=1)
+        self.down1, self.pool1 = ResBlock(c1, c1, emb_dim), nn.Conv2d(c1, c1, 3, 2, 1)
+        self.down2, self.pool2 = ResBlock(c1, c2, emb_dim), nn.Conv2d(c2, c2, 3, 2, 1)
         self.down3 = ResBlock(c2, c3, emb_dim)
-        self.mid1, self.attn, self.mid2 = ResBlock(c3, c3, emb_dim), SelfAttention(c3), ResBlock(c3, c3, emb_dim)
-        self.up3 = ResBlock(c3, c2, emb_dim)
+        self.mid1, self.attn = ResBlock(c3, c3, emb_dim), SelfAttention(c3)
+        self.mid2, self.up3 = ResBlock(c3, c3, emb_dim), ResBlock(c3, c2, emb_dim)
         self.unpool2, self.up2 = nn.ConvTranspose2d(c2, c2, 4, 2, 1), ResBlock(c2, c1, emb_dim)
         self.unpool1, self.up1 = nn.ConvTranspose2d(c1, c1, 4, 2, 1), ResBlock(c1, c1, emb_dim)
         self.out = nn.Sequential(nn.GroupNorm(8, c1), nn.SiLU(), nn.Conv2d(c1, 1, 3, padding=1))
 
-    def forward(self, x, t, y=None):                              # x (B, 1, 28, 28), t (B,), y (B,) or None
+    def forward(self, x, t, y=None):  # x (B, 1, 28, 28), t (B,), y (B,) or None
         emb = self.t_mlp(time_embedding(t, self.emb_dim))         # (B, emb_dim)
         if y is not None:
             emb = emb + self.y_emb(y)                             # the digit, or NULL = "no label"

@@ -79,14 +79,15 @@ MIN_ACC = 0.99                         # a classifier below this test accuracy g
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
     lo_included=False: above lo. Anything else is argparse's one line, naming the flag."""
+    interval = ("[" if lo_included else "(") + f"{lo}, {hi})"  # for the error message
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             a = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {a}")
-        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (lo < value < hi or value == lo and lo_included)):
+            raise argparse.ArgumentTypeError(f"{text} is not in {interval}")
         return value
     return parse
 

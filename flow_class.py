@@ -1,37 +1,29 @@
 r"""Class-conditioned flow matching on MNIST with classifier-free guidance: ask for a digit, get it.
 
 Papers: Lipman et al. 2022, "Flow Matching for Generative Modeling", https://arxiv.org/abs/2210.02747
-        Liu, Gong, Liu 2022, "Flow Straight and Fast" (rectified flow), https://arxiv.org/abs/2209.03003
+        Liu, Gong, Liu 2022, "Flow Straight and Fast", https://arxiv.org/abs/2209.03003
         Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", https://arxiv.org/abs/2207.12598
-        Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval ...", https://arxiv.org/abs/2404.07724
+        Kynkaanniemi et al. 2024, "Guidance in a Limited Interval", https://arxiv.org/abs/2404.07724
 
-    python flow_class.py                                  # train 15 epochs, sample every digit, plot
-    python flow_class.py --data-dir ~/mnist --resume      # MNIST already on disk; continue a killed run
-    python flow_class.py --ckpt pretrained/flow_class.pt --digits 7     # sevens from the shipped weights
-    python flow_class.py --sample-only --sampler heun --steps 10 --n-samples 1000  # 1,000 digits for evaluate.py
-
-Math (t in [0, 1], continuous; x_0 is noise, x_1 a digit of label y: the OPPOSITE of DDPM, where x_0 is the digit):
-    interpolate      x_t = (1 - t) x_0 + t x_1,  x_0 ~ N(0, I): a straight line from the noise to the digit
-    target_velocity  u = d x_t / dt = x_1 - x_0, the same at every t of one line
-    flow_loss_cfg    || u - u_theta(x_t, t, y') ||^2,  t ~ U[0, 1),  y' = y, or "no label" for 10 % of samples
-    guidance         u = u_u + w (u_c - u_u), u_c = u_theta(x_t, t, y), u_u = u_theta(x_t, t, none); w = 0: u_u, 1: u_c;
-                     w' = w - 1 in (1 + w') u_c - w' u_u. w > 1 only from t = --guide-from (0.6) on (min(w, 1) before).
-    euler_step       x_{t+dt} = x_t + dt u_theta(x_t, t)                      1 network evaluation (NFE) per step
-    heun_step        x' = x_t + dt u_theta(x_t, t),  x_{t+dt} = x_t + dt (u_theta(x_t, t) + u_theta(x', t+dt)) / 2
-    flow_sample      noise at t = 0 to a digit at t = 1 in --steps steps; Heun's last step is Euler's (u jumps at t = 1)
-Conventions:
-    t: training draws t ~ U[0, 1); sampling visits t = i / steps, i = 0..steps. Our t counts signal, DDPM's noise:
-    x_t is DDPM's x at noise level 1 - t, mixed linearly. u predicts both ends: x_1 = x_t + (1 - t) u, x_0 = x_t - t u.
-    The network is the DDPM scripts' UNet fed --time-scale * t = 1000 t: its sinusoidal embedding's frequencies run
-    from 1 down to about 1/10000, so t in [0, 1] itself would barely change most features (1000: DDPM's usual T).
-    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); saved in [0, 1] (clamped) or uint8. x_t is never clipped:
-    clip_x1 (--clip, default) aims each step at its x_1 = x_t + (1 - t) u clamped to [0, 1] (as DDPM clips its x_0).
-Course (CS180 Fall 2025, 5B): own UNet, Adam 1e-2 decayed 10x (--lr 1e-2 --lr-decay 0.1 --weight-decay 0), w = 5.
-    Ours is ddpm_class.py's training (AdamW 1e-3, EMA) but for 15 epochs, --guide-from 0.6 and the time input 1000 t.
-Writes to --out-dir (default runs/flow_class): ckpt.pt (every epoch, atomically), samples_epochNNN.png (epochs 1, 5,
-    10, 15, last), samples.png, loss.png, guidance.png, trajectory.pt and snapshots.pt (make_gif.py), samples.pt.
-What you can delete for an assignment (the tail keeps runs safe): without --resume / --sample-only restore_run, the
-    RNG state and open_run (call prepare_out_dir); Kaggle layouts; heun_step (Euler only); clip_x1 (--no-clip).
+    python flow_class.py                                   # train 15 epochs, sample every digit
+    python flow_class.py --data-dir ~/mnist --resume       # MNIST on disk; continue a killed run
+    python flow_class.py --ckpt pretrained/flow_class.pt --digits 7   # sevens, shipped weights
+    python flow_class.py --sample-only --sampler heun --steps 10 --n-samples 1000  # for evaluate.py
+Math (t in [0, 1]; x_0 noise, x_1 a digit of label y: the OPPOSITE of DDPM, whose x_0 is the digit):
+    interpolate    x_t = (1 - t) x_0 + t x_1, x_0 ~ N(0, I): a straight line from noise to digit
+    flow_loss_cfg  || u - u_theta(x_t, t, y') ||^2, u = x_1 - x_0, t ~ U[0, 1), y' = y or 10 % NULL
+    guidance       u = u_u + w (u_c - u_u) = (1 + w') u_c - w' u_u, w' = w - 1; u_c is given y,
+                   u_u NULL ("no label"); w > 1 only from t = --guide-from on, min(w, 1) before
+    euler_step     x_{t+dt} = x_t + dt u(x_t, t)                  1 network evaluation (NFE) a step
+    heun_step      x' = x_t + dt u(x_t, t),  x_{t+dt} = x_t + dt (u(x_t, t) + u(x', t + dt)) / 2
+Conventions: training draws t ~ U[0, 1); sampling visits t = i / steps, i = 0..steps. t counts
+    signal, DDPM's noise; u gives x_1 = x_t + (1 - t) u, x_0 = x_t - t u. The UNet sees 1000 t
+    (--time-scale, its sinusoids' range). x = pixel / 255 in [0, 1]; clip_x1 (--clip) clamps x_1.
+Course (CS180 Fall 2025, 5B): --lr 1e-2 --lr-decay 0.1 --weight-decay 0 (Adam), w = 5, own UNet.
+Writes to --out-dir (runs/flow_class): ckpt.pt, samples_epochNNN.png, samples.png, loss.png,
+    guidance.png, trajectory.pt and snapshots.pt (for make_gif.py), samples.pt (for evaluate.py).
+What you can delete for an assignment (the tail keeps runs safe): without --resume / --sample-only,
+    restore_run, the RNG state and open_run (call prepare_out_dir); heun_step; clip_x1 (--no-clip).
 """
 import argparse
 import copy
@@ -44,30 +36,29 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from matplotlib.figure import Figure  # writes files, and leaves a notebook's pyplot alone
 from tqdm import tqdm
 
 SCRIPT = "flow_class"
-SNAPSHOT_EPOCHS = (1, 5, 10, 15)      # sample grids saved after these epochs (if within the run) and the last
-GUIDANCE_SWEEP = (0, 1, 3, 5, 10)     # the w values of guidance.png
-NULL = 10                              # the "no label" class (digits are 0..9): u_u = u_theta(x_t, t, NULL)
-GRID_ROWS = 8                          # samples.png and the snapshots: 8 rows of 8 digits
-STEPS = 50                             # --steps default (the course's num_ts); the snapshots take --steps Euler steps
-TRAIN_KEYS = ("limit", "channels", "time_scale", "batch_size", "lr", "lr_decay", "weight_decay", "ema_decay",
-              "p_uncond", "seed")
+SNAPSHOT_EPOCHS = (1, 5, 10, 15)   # grids saved after these epochs (if in the run), and the last
+GUIDANCE_SWEEP = (0, 1, 3, 5, 10)  # the w of guidance.png's rows
+NULL = 10                          # the "no label" class (digits are 0..9), of u_u
+GRID_ROWS = GRID_COLS = 8          # samples.png and the snapshots: 8 rows of 8 digits
+TRAIN_KEYS = ("limit", "channels", "time_scale", "batch_size", "lr", "lr_decay", "weight_decay",
+              "ema_decay", "p_uncond", "seed")  # the flags a --resume keeps
 # --- shared: flags ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
     lo_included=False: above lo. Anything else is argparse's one line, naming the flag."""
+    interval = ("[" if lo_included else "(") + f"{lo}, {hi})"  # for the error message
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             a = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {a}")
-        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (lo < value < hi or value == lo and lo_included)):
+            raise argparse.ArgumentTypeError(f"{text} is not in {interval}")
         return value
     return parse
 
@@ -81,51 +72,51 @@ def parse_flags(ap, argv):
     args, unset = ap.parse_args(argv), object()
     again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
     return args, {k for k, v in vars(again).items() if v is not unset}
-# --- config ------------------------------------------------------------------------------------
+# --- config --------------------------------------------------------------------------------------
 def get_args(argv=None):
-    ap = argparse.ArgumentParser(description="Class-conditioned flow matching on MNIST with classifier-free guidance")
+    ap = argparse.ArgumentParser(description="Class-conditioned flow matching on MNIST, guided")
+    positive = number(float, 0, lo_included=False)  # a number > 0
     g = ap.add_argument_group("data")
     g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
-    g.add_argument("--limit", type=number(int, 0), default=0, help="train on the first N digits only (0: all)")
+    g.add_argument("--limit", type=number(int, 0), default=0, help="first N digits only (0: all)")
     g = ap.add_argument_group("model")
-    g.add_argument("--channels", type=number(int, 8), nargs=3, default=[16, 64, 64], help="UNet widths at 28, 14, 7 px")
-    g = ap.add_argument_group("flow")
-    g.add_argument("--time-scale", type=number(float, 0, lo_included=False), default=1000.0,
-                   help="the network sees this times t, t in [0, 1]")
+    g.add_argument("--channels", type=number(int, 8), nargs=3, default=[16, 64, 64],
+                   help="UNet widths at 28, 14, 7 px")
+    g.add_argument("--time-scale", type=positive, default=1000.0, help="the UNet sees t times this")
     g = ap.add_argument_group("training")
-    g.add_argument("--epochs", type=number(int, 0), default=15, help="passes over the 60,000 training digits")
-    g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per optimizer step")
-    g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3, help="AdamW learning rate")
-    g.add_argument("--lr-decay", type=number(float, 0, lo_included=False), default=1.0,
-                   help="lr times this^(1 / epochs) after every epoch (the course: 0.1, --lr 1e-2 --weight-decay 0)")
-    g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam, as the course)")
-    g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")
-    g.add_argument("--p-uncond", type=number(float, 0, 1), default=0.1, help="fraction of labels dropped in training")
+    g.add_argument("--epochs", type=number(int, 0), default=15, help="passes over the training set")
+    g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per AdamW step")
+    g.add_argument("--lr", type=positive, default=1e-3, help="AdamW learning rate (course: 1e-2)")
+    g.add_argument("--lr-decay", type=positive, default=1.0, help="lr x this^(1 / epochs) an epoch")
+    g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam)")
+    g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="weights' EMA")
+    g.add_argument("--p-uncond", type=number(float, 0, 1), default=0.1, help="labels set to NULL")
     g = ap.add_argument_group("sampling")
-    g.add_argument("--sampler", choices=["euler", "heun"], default="euler", help="ODE solver of the final samples")
-    g.add_argument("--steps", type=number(int, 1), default=STEPS,
-                   help="equal steps from t = 0 to 1 (network evaluations: Euler 1 per step, Heun 2, its last 1)")
+    g.add_argument("--sampler", choices=["euler", "heun"], default="euler", help="the ODE solver")
+    g.add_argument("--steps", type=number(int, 1), default=50, help="equal steps from t = 0 to 1")
     g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
                    help="aim each step at the predicted digit x_1 clipped to [0, 1] (clip_x1)")
-    g.add_argument("--n-samples", type=number(int, 0), default=0, help="also sample N digits into samples.pt")
-    g.add_argument("--guidance", type=number(float, -math.inf), default=5.0, help="w in u_u + w (u_c - u_u)")
-    g.add_argument("--guide-from", type=number(float, 0, 1), default=0.6, help="w > 1 from this t on (0: every t)")
-    g.add_argument("--digits", type=int, choices=range(10), nargs="+", default=list(range(10)), help="digits to sample")
+    g.add_argument("--n-samples", type=number(int, 0), default=0, help="N digits into samples.pt")
+    g.add_argument("--guidance", type=number(float, -math.inf), default=5.0,
+                   help="w in u_u + w (u_c - u_u)")
+    g.add_argument("--guide-from", type=number(float, 0, 1), default=0.6, help="w > 1 from this t")
+    g.add_argument("--digits", type=int, choices=range(10), nargs="+", default=list(range(10)),
+                   help="digits to sample")
     g = ap.add_argument_group("run")
-    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and samples go here")
+    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and samples")
     g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
-    g.add_argument("--sample-only", action="store_true", help="load ckpt.pt and sample, no training")
-    g.add_argument("--ckpt", default="", help="sample this file (pretrained/, a run's ckpt.pt); implies --sample-only")
-    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
-    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
-    args, given = parse_flags(ap, argv)  # given: the flags on the command line, which --resume checks
+    g.add_argument("--sample-only", action="store_true", help="sample from ckpt.pt, no training")
+    g.add_argument("--ckpt", default="", help="sample this file (implies --sample-only)")
+    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed and device: same run")
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or cpu, cuda, mps")
+    args, given = parse_flags(ap, argv)  # given: the flags on the command line (for --resume)
     if any(c % 8 for c in args.channels):
-        ap.error(f"--channels must be multiples of 8 (GroupNorm uses 8 groups), got {args.channels}")
-    args.nfe = count_nfe(args.sampler, args.steps)  # network evaluations per sample, kept in samples.pt's config
+        ap.error(f"--channels must be multiples of 8 (GroupNorm's 8 groups): {args.channels}")
+    args.nfe = count_nfe(args.sampler, args.steps)  # network evaluations a sample
     return args, given
 # --- shared: flow path ---
 def interpolate(x0, x1, t):
-    """x_t = (1 - t) x_0 + t x_1 for a batch of t (B,): the noise x_0 at t = 0, the digit x_1 at t = 1."""
+    """x_t = (1 - t) x_0 + t x_1, t (B,): the noise x_0 at t = 0, the digit x_1 at t = 1."""
     t = t.view(-1, 1, 1, 1)
     return (1 - t) * x0 + t * x1
 
@@ -134,7 +125,7 @@ def target_velocity(x0, x1):
     return x1 - x0
 
 def velocity(model, x_t, t, scale, y=None):
-    """u_theta(x_t, t[, y]), t (B,) in [0, 1]: the UNet fed scale * t, as its sinusoids (1 .. 1/10000) barely vary."""
+    """u_theta(x_t, t[, y]), t (B,) in [0, 1]: the UNet sees scale * t (its sinusoids need it)."""
     return model(x_t, scale * t, y)
 # --- shared: model blocks ---
 def time_embedding(t, dim):
@@ -163,8 +154,8 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
     def __init__(self, c, heads=4):
         super().__init__()
-        self.norm, self.qkv, self.proj = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
-        self.heads = heads
+        self.norm, self.qkv = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1)  # q, k, v in one conv
+        self.proj, self.heads = nn.Conv2d(c, c, 1), heads
 
     def forward(self, x):                             # x (B, C, H, W)
         B, C, H, W = x.shape
@@ -174,25 +165,26 @@ class SelfAttention(nn.Module):
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 # --- shared: UNet ---
 class UNet(nn.Module):
-    """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes also the label y, embedded and added to t's embedding.
-    28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated: faster, as good (RESULTS.md)."""
+    """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes, a label y too, embedded and added
+    to t. 28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated."""
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
         c1, c2, c3 = channels
         self.emb_dim = emb_dim
-        self.t_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.t_mlp = nn.Sequential(
+            nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.y_emb = nn.Embedding(n_classes, emb_dim) if n_classes else None
         self.inp = nn.Conv2d(1, c1, 3, padding=1)
-        self.down1, self.pool1 = ResBlock(c1, c1, emb_dim), nn.Conv2d(c1, c1, 3, stride=2, padding=1)
-        self.down2, self.pool2 = ResBlock(c1, c2, emb_dim), nn.Conv2d(c2, c2, 3, stride=2, padding=1)
+        self.down1, self.pool1 = ResBlock(c1, c1, emb_dim), nn.Conv2d(c1, c1, 3, 2, 1)
+        self.down2, self.pool2 = ResBlock(c1, c2, emb_dim), nn.Conv2d(c2, c2, 3, 2, 1)
         self.down3 = ResBlock(c2, c3, emb_dim)
-        self.mid1, self.attn, self.mid2 = ResBlock(c3, c3, emb_dim), SelfAttention(c3), ResBlock(c3, c3, emb_dim)
-        self.up3 = ResBlock(c3, c2, emb_dim)
+        self.mid1, self.attn = ResBlock(c3, c3, emb_dim), SelfAttention(c3)
+        self.mid2, self.up3 = ResBlock(c3, c3, emb_dim), ResBlock(c3, c2, emb_dim)
         self.unpool2, self.up2 = nn.ConvTranspose2d(c2, c2, 4, 2, 1), ResBlock(c2, c1, emb_dim)
         self.unpool1, self.up1 = nn.ConvTranspose2d(c1, c1, 4, 2, 1), ResBlock(c1, c1, emb_dim)
         self.out = nn.Sequential(nn.GroupNorm(8, c1), nn.SiLU(), nn.Conv2d(c1, 1, 3, padding=1))
 
-    def forward(self, x, t, y=None):                              # x (B, 1, 28, 28), t (B,), y (B,) or None
+    def forward(self, x, t, y=None):  # x (B, 1, 28, 28), t (B,), y (B,) or None
         emb = self.t_mlp(time_embedding(t, self.emb_dim))         # (B, emb_dim)
         if y is not None:
             emb = emb + self.y_emb(y)                             # the digit, or NULL = "no label"
@@ -206,125 +198,134 @@ class UNet(nn.Module):
         return self.out(h)                                        # (B, 1, 28, 28)
 # --- shared: guidance ---
 def guided_velocity_fn(model, y, w, scale, guide_from=0.0):
-    """u(x_t, t) = u_u + w (u_c - u_u) for the digits y (B,), one pass on a doubled batch; w > 1 only from
-    t = guide_from on (min(w, 1) before): on near-pure noise w > 1 pushes a digit's samples to one shape, RESULTS.md."""
-    y2 = torch.cat([y, torch.full_like(y, NULL)])                 # (2B,): the labels, then "no label"
+    """u(x_t, t) = u_u + w (u_c - u_u) for digits y (B,), u_c given y, u_u given NULL; w > 1 only
+    from t = guide_from on (min(w, 1) before): early, it pushes a digit to one shape, RESULTS.md."""
+    no_label = torch.full_like(y, NULL)                           # (B,)
+    labels_then_null = torch.cat([y, no_label])                   # (2B,): u_c's half, u_u's half
     def u_fn(x, t):
-        w_t = w if t >= guide_from else min(w, 1.0)  # the interval (t is exact: see flow_timesteps)
-        if w_t in (0, 1):  # shortcut: u_u or u_c alone is one pass on B inputs
-            return velocity(model, x, torch.full((len(x),), t, device=x.device), scale, y2[len(y):] if w_t == 0 else y)
-        u_c, u_u = velocity(model, torch.cat([x, x]), torch.full((2 * len(x),), t, device=x.device), scale, y2).chunk(2)
+        w_t = w if t >= guide_from else min(w, 1.0)  # the interval (t is exact: flow_timesteps)
+        t_batch = torch.full((len(x),), t, device=x.device)       # (B,)
+        if w_t == 0:                                              # w = 0: u_u alone, B inputs
+            return velocity(model, x, t_batch, scale, no_label)
+        if w_t == 1:                                              # w = 1: u_c alone, B inputs
+            return velocity(model, x, t_batch, scale, y)
+        x_twice, t_twice = torch.cat([x, x]), torch.cat([t_batch, t_batch])  # else both, 2B inputs
+        u_c, u_u = velocity(model, x_twice, t_twice, scale, labels_then_null).chunk(2)
         return u_u + w_t * (u_c - u_u)
     return u_fn
 # --- shared: flow sampler ---
 def count_nfe(sampler, steps):
-    """Network evaluations (NFE) per sample: Euler 1 per step; Heun 2, but 1 in its last step (see flow_sample)."""
+    """Network evaluations (NFE) a sample: Euler 1 a step; Heun 2, its last step 1 (flow_sample)."""
     return steps if sampler == "euler" else 2 * steps - 1
 
 def flow_timesteps(steps):
-    """The t the sampler visits, t = i / steps for i = 0..steps, from 0 (the noise) to 1 (the digit): float64, each
-    the double nearest i / steps, so that a t named in a flag is met exactly (float32's 0.7 is below 0.7)."""
+    """t = i / steps, i = 0..steps, in float64: a t named in a flag (0.7) is met exactly."""
     return torch.arange(steps + 1, dtype=torch.float64) / steps
 
 def euler_step(x, dt, u):
-    """x_{t+dt} = x_t + dt u(x_t, t), along the velocity at the start of the step. First order: error ~ 1 / steps."""
+    """x_{t+dt} = x_t + dt u(x_t, t), along the velocity at the step's start. Error ~ 1 / steps."""
     return x + dt * u
 
 def heun_step(u_fn, x, t, dt, u):
-    """Heun (the explicit trapezoid rule), given u = u(x_t, t): an Euler step to x', then x_{t+dt} = x_t + dt times the
-    mean slope of both ends, (u(x_t, t) + u(x', t + dt)) / 2. Second order: error ~ 1 / steps^2, for a second NFE."""
+    """Heun: x_{t+dt} = x_t + dt (u + u(x', t + dt)) / 2, x' = euler_step. Error ~ 1 / steps^2."""
     x_pred = euler_step(x, dt, u)
     return x + dt * (u + u_fn(x_pred, t + dt)) / 2
 
 def clip_x1(u_fn):
-    """u_fn with its x_1 clipped to [0, 1] (DDPM's clip_denoised): x1_hat = clamp(x_t + (1 - t) u, 0, 1),
-    u' = (x1_hat - x_t) / (1 - t). Where x_1 overshoots (as guidance makes it), the step aims at the nearest valid
-    pixel; u is kept elsewhere, and at t = 1, where nothing is left to predict."""
+    """u_fn aimed at its x_1 clamped to [0, 1], as DDPM's clip_denoised (guidance overshoots):
+    u' = (x1_hat - x_t) / (1 - t), x1_hat = clamp(x_t + (1 - t) u, 0, 1); u itself at t = 1."""
     def u_clipped(x, t):
         u = u_fn(x, t)
         if t >= 1:
             return u
-        return ((x + (1 - t) * u).clamp(0, 1) - x) / (1 - t)
+        return ((x + (1 - t) * u).clamp(0, 1) - x) / (1 - t)      # (x1_hat - x_t) / (1 - t)
     return u_clipped
 
 @torch.no_grad()
 def flow_sample(u_fn, x_0, sampler, steps, path=None):
-    """Solve dx/dt = u(x, t) from the noise x_0 at t = 0 to the digit x_1 at t = 1 in `steps` equal
-    Euler or Heun steps; u_fn(x, t), t a Python float. Returns x_1 (B, 1, 28, 28), unclamped; `path`, a
-    list if given, receives every x_t (steps + 1 of them, for a GIF). Heun's last step is Euler's, as in
-    EDM (Karras et al. 2022): at t = 1 the best guess of u = x_1 - x_0 is x_t - E[x_0] = x_t, not the u
-    that pointed at the digit just before; a corrector there would average that jump in (RESULTS.md)."""
-    ts = flow_timesteps(steps)
+    """Solve dx/dt = u_fn(x, t) (t a float) from the noise x_0 at t = 0 to x_1 at t = 1, unclamped,
+    in `steps` equal steps; a list `path` gets each x_t. Heun's last step is Euler's, as in EDM: at
+    t = 1, u = x_1 - x_0 jumps to x_t - E[x_0] = x_t, and a corrector would average the jump in."""
+    ts = flow_timesteps(steps).tolist()
     x = x_0
-    for t, t_next in zip(ts[:-1].tolist(), ts[1:].tolist()):
+    for t, t_next in zip(ts[:-1], ts[1:]):          # each step, from t to t_next
         if path is not None:
             path.append(x)
         u = u_fn(x, t)
         if sampler == "heun" and t_next < 1:
             x = heun_step(u_fn, x, t, t_next - t, u)
-        else:                                       # Euler, and Heun's last step: no evaluation at t = 1
+        else:                                       # Euler, and Heun's last step (no NFE at t = 1)
             x = euler_step(x, t_next - t, u)
     if path is not None:
         path.append(x)
     return x
-# --- training step: the flow loss with labels dropped for guidance ------------------------------
+# --- training step: the flow loss, some labels dropped for guidance ------------------------------
 def flow_loss_cfg(model, x1, y, scale, p_uncond):
-    """|| u - u_theta(x_t, t, y') ||^2 for digits x_1 (B, 1, 28, 28) in [0, 1], labels y (B,), x_0 ~ N(0, I),
-    t ~ U[0, 1), u = x_1 - x_0; y' = NULL for a fraction p_uncond, per sample, so one network learns u_c and u_u."""
+    """|| u - u_theta(x_t, t, y') ||^2, u = x_1 - x_0, x_0 ~ N(0, I), t ~ U[0, 1), for digits x_1
+    (B, 1, 28, 28) in [0, 1]; y' = NULL for p_uncond of the labels y: one net learns u_c and u_u."""
     x0 = torch.randn_like(x1)
-    t = torch.rand(len(x1), device=x1.device)                     # t ~ U[0, 1)
-    drop = torch.rand(len(y), device=y.device) < p_uncond         # per sample, not per batch
-    y = torch.where(drop, torch.full_like(y, NULL), y)
-    return F.mse_loss(velocity(model, interpolate(x0, x1, t), t, scale, y), target_velocity(x0, x1))
+    t = torch.rand(len(x1), device=x1.device)                   # t ~ U[0, 1)
+    drop = torch.rand(len(y), device=y.device) < p_uncond       # per sample, not per batch
+    y = torch.where(drop, torch.full_like(y, NULL), y)          # y', the label or NULL
+    u_pred = velocity(model, interpolate(x0, x1, t), t, scale, y)
+    return F.mse_loss(u_pred, target_velocity(x0, x1))
 # --- shared: EMA ---
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
-    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): the warm-up forgets the
-    initial weights and sets the average's length until step (10 decay - 1) / (1 - decay) (8,990 for 0.999)."""
+    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step))."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
-# --- main ---------------------------------------------------------------------------------------
+# --- main ----------------------------------------------------------------------------------------
 def main(argv=None):
-    # setup: flags and device; with --resume or --sample-only, the checkpoint (its flags are the run's)
+    # setup: flags, device, and the checkpoint to resume or sample from
     args, given = get_args(argv)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     ckpt_path, ckpt = open_run(args, given, SCRIPT, TRAIN_KEYS)
     print(vars(args))
+    print(f"device {device}  threads {torch.get_num_threads()}")
+    def out(name):  # a file in --out-dir
+        return os.path.join(args.out_dir, name)
 
-    # the model: u_theta(x_t, t, y), its EMA (what we sample from), AdamW
-    print(f"device {device}  threads {torch.get_num_threads()}  the network sees {args.time_scale:g} t, t in [0, 1]")
-    model = UNet(args.channels, n_classes=11).to(device, memory_format=torch.channels_last)  # faster on CPU
+    # the model: u_theta(x_t, t, y), its EMA (which samples), AdamW
+    model = UNet(args.channels, n_classes=NULL + 1)  # digits 0..9 and NULL, "no label"
+    model = model.to(device, memory_format=torch.channels_last)  # faster on CPU
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, channels {args.channels}")
-    run = restore_run(ckpt, model, ema, opt, device, args.out_dir)  # epochs done, losses; weights if continuing
+    print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    run = restore_run(ckpt, model, ema, opt, device, args.out_dir)  # epochs done, losses
 
-    # the grid: 8 digits a row, 8 rows of one digit, 4 each of two, ...; the same x_0 every epoch, its own generator
+    # the grid: rows of one digit each; the same noise x_0 after every epoch
     rows_per_digit = max(1, GRID_ROWS // len(args.digits))
-    y_grid = torch.tensor(args.digits, device=device).repeat_interleave(8 * rows_per_digit)  # (8 * rows,)
+    digits = torch.tensor(args.digits, device=device)
+    y_grid = digits.repeat_interleave(GRID_COLS * rows_per_digit)
     row_labels = [str(d) for d in args.digits for _ in range(rows_per_digit)]
-    x_0 = torch.randn(len(y_grid), 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
-
-    def u_guided(y, w):  # the velocity the sampler follows: guided by w, its x_1 prediction clipped with --clip
+    gen = torch.Generator().manual_seed(args.seed + 1)  # not the training RNG
+    x_0 = torch.randn(len(y_grid), 1, 28, 28, generator=gen).to(device)
+    def u_guided(y, w):  # guided by w; clip_x1 if --clip
         u_fn = guided_velocity_fn(ema, y, w, args.time_scale, args.guide_from)
         return clip_x1(u_fn) if args.clip else u_fn
     u_grid = u_guided(y_grid, args.guidance)
-    w_label = f"w={args.guidance:g}" + (f" from t={args.guide_from:g}" if args.guide_from and args.guidance > 1 else "")
+    w_label = f"w={args.guidance:g}"
+    if args.guide_from and args.guidance > 1:
+        w_label += f" from t={args.guide_from:g}"
 
-    # train: the whole set on the device, shuffled batches (no DataLoader); a checkpoint after every epoch
+    # train: all digits on the device (no DataLoader), a checkpoint each epoch
     if not args.sample_only and run["epoch"] < args.epochs:
-        x_all, y_all = load_mnist(args.data_dir, limit=args.limit, device=device)  # the digits x_1 in [0, 1], labels
-        print(f"training on {len(x_all)} digits")
-        step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1  # step: optimizer steps so far
+        x_all, y_all = load_mnist(args.data_dir, limit=args.limit, device=device)
+        step = len(run["loss_history"])  # optimizer steps so far
+        first = run["epoch"] + 1
+        train_s = 0.0
         for epoch in range(first, args.epochs + 1):
-            for group in opt.param_groups:  # lr gamma^(epoch - 1), gamma = lr_decay^(1 / epochs); 1: constant
+            for group in opt.param_groups:
                 group["lr"] = args.lr * args.lr_decay ** ((epoch - 1) / args.epochs)
-            losses = []  # this epoch's, kept on the device: no host sync per step
+            losses = []  # on the device: no host sync a step
+            batches = torch.randperm(len(x_all), device=device).split(args.batch_size)
             with EpochLog(epoch, args.epochs, len(x_all), losses, run["epoch"]) as log:
-                for idx in torch.randperm(len(x_all), device=device).split(args.batch_size):
-                    loss = flow_loss_cfg(model, x_all[idx], y_all[idx], args.time_scale, args.p_uncond)
+                for idx in batches:
+                    x1, y = x_all[idx], y_all[idx]
+                    loss = flow_loss_cfg(model, x1, y, args.time_scale, args.p_uncond)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -332,51 +333,54 @@ def main(argv=None):
                     step += 1
                     losses.append(loss.detach())
                     log.step(len(idx))  # progress bar, NaN stop, Ctrl-C
-            run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
-            run["epoch"], train_s = epoch, train_s + log.seconds
-            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # Euler, --steps (50, as the course), EMA weights
+            losses = torch.stack(losses).cpu()
+            run["loss_history"] = torch.cat([run["loss_history"], losses])
+            run["epoch"] = epoch
+            train_s += log.seconds
+            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:
                 x_1 = flow_sample(u_grid, x_0, "euler", args.steps)
-                save_snapshot(run, epoch, x_1, y_grid, args.out_dir, row_labels,
-                              f"{SCRIPT}: epoch {epoch} (EMA, {w_label}, Euler {args.steps}, NFE {args.steps})")
+                title = f"{SCRIPT}: epoch {epoch} (EMA, {w_label}, Euler {args.steps})"
+                save_snapshot(run, epoch, x_1, y_grid, args.out_dir, row_labels, title)
             save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
         n = args.epochs - first + 1
         print(f"train: {train_s / n:.1f} s/epoch, {n * len(x_all) / train_s:.0f} img/s")
     if len(run["loss_history"]):
-        plot_loss(run["loss_history"], os.path.join(args.out_dir, "loss.png"), f"{SCRIPT}: training loss")
+        plot_loss(run["loss_history"], out("loss.png"), f"{SCRIPT}: training loss")
 
-    # figures: the final grid with the chosen sampler, its path from noise to digits, and the guidance sweep
+    # figures: the grid (--sampler), its path from noise, the guidance sweep
     t0 = time.time()
-    path = []                                     # every x_t, for make_gif.py
+    path = []  # every x_t, for make_gif.py
     x_1 = flow_sample(u_grid, x_0, args.sampler, args.steps, path)
-    label = f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}, {w_label}" + \
-        (", x_1 clipped" if args.clip else "")
+    solver = f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}"
+    label = f"{solver}, {w_label}" + (", x_1 clipped" if args.clip else "")
     print(f"sample: {len(x_1)} digits, {label}, in {time.time() - t0:.1f} s")
-    save_grid(x_1, os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}", row_labels)
-    frames = to_uint8(torch.stack(path)).cpu()                   # (steps + 1, 64, 1, 28, 28)
-    save_atomic({"frames": frames, "t": flow_timesteps(args.steps), "y": y_grid.cpu(), "nrow": 8},
-                os.path.join(args.out_dir, "trajectory.pt"))
-    y_sweep, x_sweep = y_grid[::4], x_0[::4]                      # a row per w, every 4th grid digit, the same noise
-    sweep = [flow_sample(u_guided(y_sweep, w), x_sweep, args.sampler, args.steps) for w in GUIDANCE_SWEEP]
-    save_grid(torch.cat(sweep), os.path.join(args.out_dir, "guidance.png"), len(y_sweep),
-              f"{SCRIPT}: u_u + w (u_c - u_u), w > 1 from t = {args.guide_from:g}, EMA, "
-              f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}",
+    save_grid(x_1, out("samples.png"), GRID_COLS, f"{SCRIPT}: EMA, {label}", row_labels)
+    frames = to_uint8(torch.stack(path)).cpu()  # (steps + 1, 64, 1, 28, 28)
+    save_atomic({"frames": frames, "t": flow_timesteps(args.steps), "y": y_grid.cpu(),
+                 "nrow": GRID_COLS}, out("trajectory.pt"))
+    y_sweep, x_sweep = y_grid[::4], x_0[::4]  # every 4th grid digit, its noise
+    sweep = [flow_sample(u_guided(y_sweep, w), x_sweep, args.sampler, args.steps)
+             for w in GUIDANCE_SWEEP]  # a row per w
+    title = f"{SCRIPT}: u_u + w (u_c - u_u), w > 1 from t={args.guide_from:g}, {solver}"
+    save_grid(torch.cat(sweep), out("guidance.png"), len(y_sweep), title,
               [f"w={w:g}" for w in GUIDANCE_SWEEP], [str(d) for d in y_sweep.tolist()])
 
-    # samples: N digits for evaluate.py, the requested digits in turn (0, 1, ..., 9, 0, 1, ...)
+    # samples: N digits for evaluate.py, cycling through --digits
     if args.n_samples:
-        gen = torch.Generator().manual_seed(args.seed + 2)        # their starting noise, drawn on the CPU
-        t0, xs = time.time(), []
-        y = torch.tensor(args.digits, device=device).repeat(args.n_samples // len(args.digits) + 1)[:args.n_samples]
-        for y_chunk in y.split(250):  # 250 digits: forward batches of 500 (with and without the label)
+        gen = torch.Generator().manual_seed(args.seed + 2)  # on the CPU
+        t0 = time.time()
+        xs = []
+        y = digits.repeat(args.n_samples)[:args.n_samples]  # the first N labels
+        for y_chunk in y.split(250):  # guided: passes on 500 inputs
             noise = torch.randn(len(y_chunk), 1, 28, 28, generator=gen).to(device)
-            x_1 = flow_sample(u_guided(y_chunk, args.guidance), noise, args.sampler, args.steps)
-            xs.append(x_1.clamp(0, 1).cpu())
-        save_atomic({"x": torch.cat(xs), "y": y.cpu(), "config": vars(args), "epoch": run["epoch"]},
-                    os.path.join(args.out_dir, "samples.pt"))  # for evaluate.py
-        print(f"sample: {args.n_samples} digits, {label}, in {time.time() - t0:.1f} s -> samples.pt")
-    print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
-    show(*[os.path.join(args.out_dir, f) for f in ("samples.png", "guidance.png", "loss.png")
-           if os.path.exists(os.path.join(args.out_dir, f))])  # in a notebook: below the cell
+            u_fn = u_guided(y_chunk, args.guidance)
+            xs.append(flow_sample(u_fn, noise, args.sampler, args.steps).clamp(0, 1).cpu())
+        save_atomic({"x": torch.cat(xs), "y": y.cpu(), "config": vars(args),
+                     "epoch": run["epoch"]}, out("samples.pt"))
+        print(f"sample: {args.n_samples} digits, {label}, in {time.time() - t0:.1f} s")
+    print(f"outputs in {args.out_dir}/:", ", ".join(sorted(os.listdir(args.out_dir))))
+    pngs = [out(name) for name in ("samples.png", "guidance.png", "loss.png")]
+    show(*[png for png in pngs if os.path.exists(png)])  # in a notebook
 
 # =================================================================================================
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.

@@ -1,35 +1,37 @@
 r"""Time-conditioned flow matching on MNIST: train, sample, plot. No flags needed to run it.
 
 Papers: Lipman et al. 2022, "Flow Matching for Generative Modeling", https://arxiv.org/abs/2210.02747
-        Liu, Gong, Liu 2022, "Flow Straight and Fast" (rectified flow), https://arxiv.org/abs/2209.03003
+        Liu, Gong, Liu 2022, "Flow Straight and Fast", https://arxiv.org/abs/2209.03003
 
-    python flow_time.py                                   # train 15 epochs, sample 64 digits, plot
-    python flow_time.py --data-dir ~/mnist --resume       # MNIST already on disk; continue a killed run
-    python flow_time.py --ckpt pretrained/flow_time.pt    # 64 digits from the shipped weights
-    python flow_time.py --sample-only --sampler heun --steps 10 --n-samples 1000   # 1,000 digits for evaluate.py
+    python flow_time.py                                  # train 15 epochs, sample 64 digits, plot
+    python flow_time.py --data-dir ~/mnist --resume      # MNIST on disk; continue a killed run
+    python flow_time.py --ckpt pretrained/flow_time.pt   # 64 digits from the shipped weights
+    python flow_time.py --sample-only --sampler heun --steps 10 --n-samples 1000  # for evaluate.py
 
-Math (t in [0, 1], continuous; x_0 is noise, x_1 a digit: the OPPOSITE of DDPM, where x_0 is the digit):
-    interpolate      x_t = (1 - t) x_0 + t x_1,  x_0 ~ N(0, I): a straight line from the noise to the digit
+Math (t in [0, 1]; x_0 is noise, x_1 a digit: the OPPOSITE of DDPM, whose x_0 is the digit):
+    interpolate      x_t = (1 - t) x_0 + t x_1,  x_0 ~ N(0, I): a straight line from noise to digit
     target_velocity  u = d x_t / dt = x_1 - x_0, the same at every t of one line
     flow_loss        || u - u_theta(x_t, t) ||^2,  t ~ U[0, 1)
-    euler_step       x_{t+dt} = x_t + dt u_theta(x_t, t)                      1 network evaluation (NFE) per step
-    heun_step        x' = x_t + dt u_theta(x_t, t),  x_{t+dt} = x_t + dt (u_theta(x_t, t) + u_theta(x', t+dt)) / 2
-    flow_sample      noise at t = 0 to a digit at t = 1 in --steps steps; Heun's last step is Euler's (u jumps at t = 1)
+    euler_step       x_{t+dt} = x_t + dt u(x_t, t)                 1 network evaluation (NFE) a step
+    heun_step        x' = x_t + dt u(x_t, t),  x_{t+dt} = x_t + dt (u(x_t, t) + u(x', t + dt)) / 2
+    flow_sample      t = 0 (noise) to t = 1 (a digit) in --steps steps; Heun's last step is Euler's
 Conventions:
-    t: training draws t ~ U[0, 1); sampling visits t = i / steps, i = 0..steps. Our t counts signal, DDPM's noise:
-    x_t is DDPM's x at noise level 1 - t, mixed linearly. u predicts both ends: x_1 = x_t + (1 - t) u, x_0 = x_t - t u.
-    The network is the DDPM scripts' UNet fed --time-scale * t = 1000 t: its sinusoidal embedding's frequencies run
-    from 1 down to about 1/10000, so t in [0, 1] itself would barely change most features (1000: DDPM's usual T).
-    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); saved in [0, 1] (clamped) or uint8. x_t is never clipped:
-    clip_x1 (--clip, default) aims each step at its x_1 = x_t + (1 - t) u clamped to [0, 1] (as DDPM clips its x_0).
-    NFE (network evaluations per sample; printed, in samples.pt): Euler 1 per step, Heun 2 (1 in its last step).
-Course (CS180 Fall 2025, Project 5B): its own UNet (t through an MLP), Adam 1e-2 decayed 10x over the run (here:
-    --lr 1e-2 --lr-decay 0.1 --weight-decay 0). Ours: ddpm_time.py's UNet, AdamW at 1e-3, batch 128, EMA; besides the
-    method only 15 epochs (not 20) and the time input (1000 t, not t in 1..T = 300) differ.
-Writes to --out-dir (default runs/flow_time): ckpt.pt (every epoch, atomically), samples_epochNNN.png (epochs 1, 5, 10,
-    15, last), samples.png, loss.png, trajectory.pt and snapshots.pt (make_gif.py: GIFs, strip.png), samples.pt.
-What you can delete for an assignment (the tail keeps runs safe): without --resume / --sample-only restore_run, the
-    RNG state and open_run (call prepare_out_dir); Kaggle layouts; heun_step (Euler only); clip_x1 (--no-clip).
+    t: training draws t ~ U[0, 1); sampling visits t = i / steps, i = 0..steps. Our t counts signal,
+    DDPM's noise: x_t is DDPM's x at noise level 1 - t, mixed linearly. u predicts both ends:
+    x_1 = x_t + (1 - t) u, x_0 = x_t - t u. The UNet (the DDPM scripts') sees --time-scale * t =
+    1000 t: its sinusoids' frequencies run from 1 to 1/10000, and would barely see t in [0, 1].
+    pixels: uint8 p -> x = p / 255 in [0, 1] (as CS180); saved clamped to [0, 1], or as uint8.
+    x_t is never clipped; clip_x1 (--clip, default) aims each step at its x_1 clamped to [0, 1].
+    NFE, network evaluations a sample (printed, in samples.pt): Euler 1 a step, Heun 2 (last: 1).
+Course (CS180 Fall 2025, 5B): own UNet (t through an MLP), Adam 1e-2 decayed 10x over the run
+    (--lr 1e-2 --lr-decay 0.1 --weight-decay 0). Ours: ddpm_time.py's UNet, AdamW 1e-3, batch 128,
+    EMA; besides the method only 15 epochs (not 20) and the time input (1000 t, not 1..T = 300).
+Writes to --out-dir (runs/flow_time): ckpt.pt (every epoch, atomically), samples_epochNNN.png
+    (epochs 1, 5, 10, 15, last), samples.png, loss.png, trajectory.pt and snapshots.pt (make_gif.py:
+    GIFs, strip.png), samples.pt (evaluate.py).
+What you can delete for an assignment (the tail keeps runs safe): without --resume / --sample-only,
+    restore_run, the RNG state and open_run (call prepare_out_dir); Kaggle layouts; heun_step
+    (Euler only); clip_x1 (--no-clip).
 """
 import argparse
 import copy
@@ -42,28 +44,27 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from matplotlib.figure import Figure  # writes files, and leaves a notebook's pyplot alone
 from tqdm import tqdm
 
 SCRIPT = "flow_time"
-SNAPSHOT_EPOCHS = (1, 5, 10, 15)      # sample grids saved after these epochs (if within the run) and the last
-STEPS = 50                             # --steps default (the course's num_ts); the snapshots take --steps Euler steps
-GRID = 64                              # samples.png and the snapshots: 8 rows of 8 digits
-TRAIN_KEYS = ("limit", "channels", "time_scale", "batch_size", "lr", "lr_decay", "weight_decay", "ema_decay",
-              "seed")
+SNAPSHOT_EPOCHS = (1, 5, 10, 15)   # grids saved after these epochs (if in the run), and the last
+GRID_ROWS = GRID_COLS = 8          # samples.png and the snapshots: 8 rows of 8 digits
+TRAIN_KEYS = ("limit", "channels", "time_scale", "batch_size", "lr", "lr_decay", "weight_decay",
+              "ema_decay", "seed")  # the flags a --resume keeps
 # --- shared: flags ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
     lo_included=False: above lo. Anything else is argparse's one line, naming the flag."""
+    interval = ("[" if lo_included else "(") + f"{lo}, {hi})"  # for the error message
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             a = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {a}")
-        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (lo < value < hi or value == lo and lo_included)):
+            raise argparse.ArgumentTypeError(f"{text} is not in {interval}")
         return value
     return parse
 
@@ -77,47 +78,45 @@ def parse_flags(ap, argv):
     args, unset = ap.parse_args(argv), object()
     again = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
     return args, {k for k, v in vars(again).items() if v is not unset}
-# --- config ------------------------------------------------------------------------------------
+# --- config --------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Time-conditioned flow matching on MNIST")
+    positive = number(float, 0, lo_included=False)  # a number > 0
     g = ap.add_argument_group("data")
     g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
-    g.add_argument("--limit", type=number(int, 0), default=0, help="train on the first N digits only (0: all)")
+    g.add_argument("--limit", type=number(int, 0), default=0, help="first N digits only (0: all)")
     g = ap.add_argument_group("model")
-    g.add_argument("--channels", type=number(int, 8), nargs=3, default=[16, 64, 64], help="UNet widths at 28, 14, 7 px")
-    g = ap.add_argument_group("flow")
-    g.add_argument("--time-scale", type=number(float, 0, lo_included=False), default=1000.0,
-                   help="the network sees this times t, t in [0, 1]")
+    g.add_argument("--channels", type=number(int, 8), nargs=3, default=[16, 64, 64],
+                   help="UNet widths at 28, 14, 7 px")
+    g.add_argument("--time-scale", type=positive, default=1000.0, help="the UNet sees t times this")
     g = ap.add_argument_group("training")
-    g.add_argument("--epochs", type=number(int, 0), default=15, help="passes over the 60,000 training digits")
-    g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per optimizer step")
-    g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3, help="AdamW learning rate")
-    g.add_argument("--lr-decay", type=number(float, 0, lo_included=False), default=1.0,
-                   help="lr times this^(1 / epochs) after every epoch (the course: 0.1, --lr 1e-2 --weight-decay 0)")
-    g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam, as the course)")
-    g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")
+    g.add_argument("--epochs", type=number(int, 0), default=15, help="passes over the training set")
+    g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per AdamW step")
+    g.add_argument("--lr", type=positive, default=1e-3, help="AdamW learning rate (course: 1e-2)")
+    g.add_argument("--lr-decay", type=positive, default=1.0, help="lr x this^(1 / epochs) an epoch")
+    g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam)")
+    g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="weights' EMA")
     g = ap.add_argument_group("sampling")
-    g.add_argument("--sampler", choices=["euler", "heun"], default="euler", help="ODE solver of the final samples")
-    g.add_argument("--steps", type=number(int, 1), default=STEPS,
-                   help="equal steps from t = 0 to 1 (network evaluations: Euler 1 per step, Heun 2, its last 1)")
+    g.add_argument("--sampler", choices=["euler", "heun"], default="euler", help="the ODE solver")
+    g.add_argument("--steps", type=number(int, 1), default=50, help="equal steps from t = 0 to 1")
     g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
                    help="aim each step at the predicted digit x_1 clipped to [0, 1] (clip_x1)")
-    g.add_argument("--n-samples", type=number(int, 0), default=0, help="also sample N digits into samples.pt")
+    g.add_argument("--n-samples", type=number(int, 0), default=0, help="N digits into samples.pt")
     g = ap.add_argument_group("run")
-    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and samples go here")
+    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and samples")
     g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
-    g.add_argument("--sample-only", action="store_true", help="load ckpt.pt and sample, no training")
-    g.add_argument("--ckpt", default="", help="sample this file (pretrained/, a run's ckpt.pt); implies --sample-only")
-    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
-    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
-    args, given = parse_flags(ap, argv)  # given: the flags on the command line, which --resume checks
+    g.add_argument("--sample-only", action="store_true", help="sample from ckpt.pt, no training")
+    g.add_argument("--ckpt", default="", help="sample this file (implies --sample-only)")
+    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed and device: same run")
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or cpu, cuda, mps")
+    args, given = parse_flags(ap, argv)  # given: the flags on the command line (for --resume)
     if any(c % 8 for c in args.channels):
-        ap.error(f"--channels must be multiples of 8 (GroupNorm uses 8 groups), got {args.channels}")
-    args.nfe = count_nfe(args.sampler, args.steps)  # network evaluations per sample, kept in samples.pt's config
+        ap.error(f"--channels must be multiples of 8 (GroupNorm's 8 groups): {args.channels}")
+    args.nfe = count_nfe(args.sampler, args.steps)  # network evaluations a sample
     return args, given
 # --- shared: flow path ---
 def interpolate(x0, x1, t):
-    """x_t = (1 - t) x_0 + t x_1 for a batch of t (B,): the noise x_0 at t = 0, the digit x_1 at t = 1."""
+    """x_t = (1 - t) x_0 + t x_1, t (B,): the noise x_0 at t = 0, the digit x_1 at t = 1."""
     t = t.view(-1, 1, 1, 1)
     return (1 - t) * x0 + t * x1
 
@@ -126,7 +125,7 @@ def target_velocity(x0, x1):
     return x1 - x0
 
 def velocity(model, x_t, t, scale, y=None):
-    """u_theta(x_t, t[, y]), t (B,) in [0, 1]: the UNet fed scale * t, as its sinusoids (1 .. 1/10000) barely vary."""
+    """u_theta(x_t, t[, y]), t (B,) in [0, 1]: the UNet sees scale * t (its sinusoids need it)."""
     return model(x_t, scale * t, y)
 # --- shared: model blocks ---
 def time_embedding(t, dim):
@@ -155,8 +154,8 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
     def __init__(self, c, heads=4):
         super().__init__()
-        self.norm, self.qkv, self.proj = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
-        self.heads = heads
+        self.norm, self.qkv = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1)  # q, k, v in one conv
+        self.proj, self.heads = nn.Conv2d(c, c, 1), heads
 
     def forward(self, x):                             # x (B, C, H, W)
         B, C, H, W = x.shape
@@ -166,25 +165,26 @@ class SelfAttention(nn.Module):
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 # --- shared: UNet ---
 class UNet(nn.Module):
-    """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes also the label y, embedded and added to t's embedding.
-    28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated: faster, as good (RESULTS.md)."""
+    """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes, a label y too, embedded and added
+    to t. 28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated."""
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
         c1, c2, c3 = channels
         self.emb_dim = emb_dim
-        self.t_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.t_mlp = nn.Sequential(
+            nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.y_emb = nn.Embedding(n_classes, emb_dim) if n_classes else None
         self.inp = nn.Conv2d(1, c1, 3, padding=1)
-        self.down1, self.pool1 = ResBlock(c1, c1, emb_dim), nn.Conv2d(c1, c1, 3, stride=2, padding=1)
-        self.down2, self.pool2 = ResBlock(c1, c2, emb_dim), nn.Conv2d(c2, c2, 3, stride=2, padding=1)
+        self.down1, self.pool1 = ResBlock(c1, c1, emb_dim), nn.Conv2d(c1, c1, 3, 2, 1)
+        self.down2, self.pool2 = ResBlock(c1, c2, emb_dim), nn.Conv2d(c2, c2, 3, 2, 1)
         self.down3 = ResBlock(c2, c3, emb_dim)
-        self.mid1, self.attn, self.mid2 = ResBlock(c3, c3, emb_dim), SelfAttention(c3), ResBlock(c3, c3, emb_dim)
-        self.up3 = ResBlock(c3, c2, emb_dim)
+        self.mid1, self.attn = ResBlock(c3, c3, emb_dim), SelfAttention(c3)
+        self.mid2, self.up3 = ResBlock(c3, c3, emb_dim), ResBlock(c3, c2, emb_dim)
         self.unpool2, self.up2 = nn.ConvTranspose2d(c2, c2, 4, 2, 1), ResBlock(c2, c1, emb_dim)
         self.unpool1, self.up1 = nn.ConvTranspose2d(c1, c1, 4, 2, 1), ResBlock(c1, c1, emb_dim)
         self.out = nn.Sequential(nn.GroupNorm(8, c1), nn.SiLU(), nn.Conv2d(c1, 1, 3, padding=1))
 
-    def forward(self, x, t, y=None):                              # x (B, 1, 28, 28), t (B,), y (B,) or None
+    def forward(self, x, t, y=None):  # x (B, 1, 28, 28), t (B,), y (B,) or None
         emb = self.t_mlp(time_embedding(t, self.emb_dim))         # (B, emb_dim)
         if y is not None:
             emb = emb + self.y_emb(y)                             # the digit, or NULL = "no label"
@@ -198,104 +198,104 @@ class UNet(nn.Module):
         return self.out(h)                                        # (B, 1, 28, 28)
 # --- shared: flow sampler ---
 def count_nfe(sampler, steps):
-    """Network evaluations (NFE) per sample: Euler 1 per step; Heun 2, but 1 in its last step (see flow_sample)."""
+    """Network evaluations (NFE) a sample: Euler 1 a step; Heun 2, its last step 1 (flow_sample)."""
     return steps if sampler == "euler" else 2 * steps - 1
 
 def flow_timesteps(steps):
-    """The t the sampler visits, t = i / steps for i = 0..steps, from 0 (the noise) to 1 (the digit): float64, each
-    the double nearest i / steps, so that a t named in a flag is met exactly (float32's 0.7 is below 0.7)."""
+    """t = i / steps, i = 0..steps, in float64: a t named in a flag (0.7) is met exactly."""
     return torch.arange(steps + 1, dtype=torch.float64) / steps
 
 def euler_step(x, dt, u):
-    """x_{t+dt} = x_t + dt u(x_t, t), along the velocity at the start of the step. First order: error ~ 1 / steps."""
+    """x_{t+dt} = x_t + dt u(x_t, t), along the velocity at the step's start. Error ~ 1 / steps."""
     return x + dt * u
 
 def heun_step(u_fn, x, t, dt, u):
-    """Heun (the explicit trapezoid rule), given u = u(x_t, t): an Euler step to x', then x_{t+dt} = x_t + dt times the
-    mean slope of both ends, (u(x_t, t) + u(x', t + dt)) / 2. Second order: error ~ 1 / steps^2, for a second NFE."""
+    """Heun: x_{t+dt} = x_t + dt (u + u(x', t + dt)) / 2, x' = euler_step. Error ~ 1 / steps^2."""
     x_pred = euler_step(x, dt, u)
     return x + dt * (u + u_fn(x_pred, t + dt)) / 2
 
 def clip_x1(u_fn):
-    """u_fn with its x_1 clipped to [0, 1] (DDPM's clip_denoised): x1_hat = clamp(x_t + (1 - t) u, 0, 1),
-    u' = (x1_hat - x_t) / (1 - t). Where x_1 overshoots (as guidance makes it), the step aims at the nearest valid
-    pixel; u is kept elsewhere, and at t = 1, where nothing is left to predict."""
+    """u_fn aimed at its x_1 clamped to [0, 1], as DDPM's clip_denoised (guidance overshoots):
+    u' = (x1_hat - x_t) / (1 - t), x1_hat = clamp(x_t + (1 - t) u, 0, 1); u itself at t = 1."""
     def u_clipped(x, t):
         u = u_fn(x, t)
         if t >= 1:
             return u
-        return ((x + (1 - t) * u).clamp(0, 1) - x) / (1 - t)
+        return ((x + (1 - t) * u).clamp(0, 1) - x) / (1 - t)      # (x1_hat - x_t) / (1 - t)
     return u_clipped
 
 @torch.no_grad()
 def flow_sample(u_fn, x_0, sampler, steps, path=None):
-    """Solve dx/dt = u(x, t) from the noise x_0 at t = 0 to the digit x_1 at t = 1 in `steps` equal
-    Euler or Heun steps; u_fn(x, t), t a Python float. Returns x_1 (B, 1, 28, 28), unclamped; `path`, a
-    list if given, receives every x_t (steps + 1 of them, for a GIF). Heun's last step is Euler's, as in
-    EDM (Karras et al. 2022): at t = 1 the best guess of u = x_1 - x_0 is x_t - E[x_0] = x_t, not the u
-    that pointed at the digit just before; a corrector there would average that jump in (RESULTS.md)."""
-    ts = flow_timesteps(steps)
+    """Solve dx/dt = u_fn(x, t) (t a float) from the noise x_0 at t = 0 to x_1 at t = 1, unclamped,
+    in `steps` equal steps; a list `path` gets each x_t. Heun's last step is Euler's, as in EDM: at
+    t = 1, u = x_1 - x_0 jumps to x_t - E[x_0] = x_t, and a corrector would average the jump in."""
+    ts = flow_timesteps(steps).tolist()
     x = x_0
-    for t, t_next in zip(ts[:-1].tolist(), ts[1:].tolist()):
+    for t, t_next in zip(ts[:-1], ts[1:]):          # each step, from t to t_next
         if path is not None:
             path.append(x)
         u = u_fn(x, t)
         if sampler == "heun" and t_next < 1:
             x = heun_step(u_fn, x, t, t_next - t, u)
-        else:                                       # Euler, and Heun's last step: no evaluation at t = 1
+        else:                                       # Euler, and Heun's last step (no NFE at t = 1)
             x = euler_step(x, t_next - t, u)
     if path is not None:
         path.append(x)
     return x
-# --- training step: the flow loss ---------------------------------------------------------------
+# --- training step: the flow loss ----------------------------------------------------------------
 def flow_loss(model, x1, scale):
-    """|| u - u_theta(x_t, t) ||^2 for digits x_1 (B, 1, 28, 28) in [0, 1]: x_0 ~ N(0, I), t ~ U[0, 1),
-    x_t on the line between them, u = x_1 - x_0."""
+    """|| u - u_theta(x_t, t) ||^2, u = x_1 - x_0, x_0 ~ N(0, I), t ~ U[0, 1), for digits x_1
+    (B, 1, 28, 28) in [0, 1]; x_t lies on the straight line between x_0 and x_1."""
     x0 = torch.randn_like(x1)
-    t = torch.rand(len(x1), device=x1.device)                     # t ~ U[0, 1)
-    return F.mse_loss(velocity(model, interpolate(x0, x1, t), t, scale), target_velocity(x0, x1))
+    t = torch.rand(len(x1), device=x1.device)                   # t ~ U[0, 1)
+    u_pred = velocity(model, interpolate(x0, x1, t), t, scale)
+    return F.mse_loss(u_pred, target_velocity(x0, x1))
 # --- shared: EMA ---
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
-    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): the warm-up forgets the
-    initial weights and sets the average's length until step (10 decay - 1) / (1 - decay) (8,990 for 0.999)."""
+    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step))."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
-# --- main ---------------------------------------------------------------------------------------
+# --- main ----------------------------------------------------------------------------------------
 def main(argv=None):
-    # setup: flags and device; with --resume or --sample-only, the checkpoint (its flags are the run's)
+    # setup: flags, device, and the checkpoint to resume or sample from
     args, given = get_args(argv)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     ckpt_path, ckpt = open_run(args, given, SCRIPT, TRAIN_KEYS)
     print(vars(args))
+    print(f"device {device}  threads {torch.get_num_threads()}")
+    def out(name):  # a file in --out-dir
+        return os.path.join(args.out_dir, name)
 
-    # the model: u_theta(x_t, t), its EMA (what we sample from), AdamW
-    print(f"device {device}  threads {torch.get_num_threads()}  the network sees {args.time_scale:g} t, t in [0, 1]")
+    # the model: u_theta(x_t, t), its EMA (which samples), AdamW
     model = UNet(args.channels).to(device, memory_format=torch.channels_last)  # faster on CPU
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, channels {args.channels}")
-    run = restore_run(ckpt, model, ema, opt, device, args.out_dir)  # epochs done, losses; weights if continuing
+    print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    run = restore_run(ckpt, model, ema, opt, device, args.out_dir)  # epochs done, losses
 
-    # the grid: the same starting noise x_0 after every epoch, from its own generator so sampling never
-    # touches the training RNG; sampling always uses the EMA weights
-    x_0 = torch.randn(GRID, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
-    u_fn = lambda x, t: velocity(ema, x, torch.full((len(x),), t, device=device), args.time_scale)  # noqa: E731
-    u_fn = clip_x1(u_fn) if args.clip else u_fn                 # --clip: its x_1 prediction clipped to [0, 1]
+    # the grid: the same noise x_0 after every epoch
+    gen = torch.Generator().manual_seed(args.seed + 1)  # not the training RNG
+    x_0 = torch.randn(GRID_ROWS * GRID_COLS, 1, 28, 28, generator=gen).to(device)
+    def u_ema(x, t):  # u_theta(x_t, t) of the EMA weights, t a float
+        return velocity(ema, x, torch.full((len(x),), t, device=device), args.time_scale)
+    u_fn = clip_x1(u_ema) if args.clip else u_ema  # what the sampler follows
 
-    # train: the whole set on the device, shuffled batches (no DataLoader); a checkpoint after every epoch
+    # train: all digits on the device (no DataLoader), a checkpoint each epoch
     if not args.sample_only and run["epoch"] < args.epochs:
-        x_all = load_mnist(args.data_dir, limit=args.limit, device=device)[0]  # (N, 1, 28, 28): the x_1
-        print(f"training on {len(x_all)} digits")
-        step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1  # step: optimizer steps so far
+        x_all, _ = load_mnist(args.data_dir, limit=args.limit, device=device)  # the x_1
+        step = len(run["loss_history"])  # optimizer steps so far
+        first = run["epoch"] + 1
+        train_s = 0.0
         for epoch in range(first, args.epochs + 1):
-            for group in opt.param_groups:  # lr gamma^(epoch - 1), gamma = lr_decay^(1 / epochs); 1: constant
+            for group in opt.param_groups:
                 group["lr"] = args.lr * args.lr_decay ** ((epoch - 1) / args.epochs)
-            losses = []  # this epoch's, kept on the device: no host sync per step
+            losses = []  # on the device: no host sync a step
+            batches = torch.randperm(len(x_all), device=device).split(args.batch_size)
             with EpochLog(epoch, args.epochs, len(x_all), losses, run["epoch"]) as log:
-                for idx in torch.randperm(len(x_all), device=device).split(args.batch_size):
+                for idx in batches:
                     loss = flow_loss(model, x_all[idx], args.time_scale)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -304,42 +304,48 @@ def main(argv=None):
                     step += 1
                     losses.append(loss.detach())
                     log.step(len(idx))  # progress bar, NaN stop, Ctrl-C
-            run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
-            run["epoch"], train_s = epoch, train_s + log.seconds
-            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # Euler, --steps (50, as the course), EMA weights
+            losses = torch.stack(losses).cpu()
+            run["loss_history"] = torch.cat([run["loss_history"], losses])
+            run["epoch"] = epoch
+            train_s += log.seconds
+            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:
                 x_1 = flow_sample(u_fn, x_0, "euler", args.steps)
-                save_snapshot(run, epoch, x_1, None, args.out_dir, None,
-                              f"{SCRIPT}: epoch {epoch} (EMA, Euler {args.steps}, NFE {args.steps})")
+                title = f"{SCRIPT}: epoch {epoch} (EMA, Euler {args.steps}, NFE {args.steps})"
+                save_snapshot(run, epoch, x_1, None, args.out_dir, None, title)
             save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
         n = args.epochs - first + 1
         print(f"train: {train_s / n:.1f} s/epoch, {n * len(x_all) / train_s:.0f} img/s")
     if len(run["loss_history"]):
-        plot_loss(run["loss_history"], os.path.join(args.out_dir, "loss.png"), f"{SCRIPT}: training loss")
+        plot_loss(run["loss_history"], out("loss.png"), f"{SCRIPT}: training loss")
 
-    # figures: the final grid with the chosen sampler, and its path from noise to digits
+    # figures: the grid (--sampler), and its path from noise to digits
     t0 = time.time()
-    path = []                                     # every x_t, for make_gif.py
+    path = []  # every x_t, for make_gif.py
     x_1 = flow_sample(u_fn, x_0, args.sampler, args.steps, path)
-    label = f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}" + (", x_1 clipped" if args.clip else "")
+    label = f"{args.sampler.capitalize()} {args.steps} steps, NFE {args.nfe}"
+    if args.clip:
+        label += ", x_1 clipped"
     print(f"sample: {len(x_1)} digits, {label}, in {time.time() - t0:.1f} s")
-    save_grid(x_1, os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}")
-    frames = to_uint8(torch.stack(path)).cpu()                   # (steps + 1, 64, 1, 28, 28)
-    save_atomic({"frames": frames, "t": flow_timesteps(args.steps), "y": None, "nrow": 8},
-                os.path.join(args.out_dir, "trajectory.pt"))
+    save_grid(x_1, out("samples.png"), GRID_COLS, f"{SCRIPT}: EMA, {label}")
+    frames = to_uint8(torch.stack(path)).cpu()  # (steps + 1, 64, 1, 28, 28)
+    save_atomic({"frames": frames, "t": flow_timesteps(args.steps), "y": None,
+                 "nrow": GRID_COLS}, out("trajectory.pt"))
 
     # samples: N digits for evaluate.py, in batches of 500 (memory stays flat)
     if args.n_samples:
-        gen = torch.Generator().manual_seed(args.seed + 2)        # their starting noise, drawn on the CPU
-        t0, xs = time.time(), []
+        gen = torch.Generator().manual_seed(args.seed + 2)  # on the CPU
+        t0 = time.time()
+        xs = []
         for i in range(0, args.n_samples, 500):
-            noise = torch.randn(min(500, args.n_samples - i), 1, 28, 28, generator=gen).to(device)
-            xs.append(flow_sample(u_fn, noise, args.sampler, args.steps).clamp(0, 1).cpu())  # x_1 in [0, 1]
-        save_atomic({"x": torch.cat(xs), "y": None, "config": vars(args), "epoch": run["epoch"]},
-                    os.path.join(args.out_dir, "samples.pt"))  # for evaluate.py
-        print(f"sample: {args.n_samples} digits, {label}, in {time.time() - t0:.1f} s -> samples.pt")
-    print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
-    show(*[os.path.join(args.out_dir, f) for f in ('samples.png', 'loss.png')
-           if os.path.exists(os.path.join(args.out_dir, f))])  # in a notebook: below the cell
+            n = min(500, args.n_samples - i)  # the last batch: what is left
+            noise = torch.randn(n, 1, 28, 28, generator=gen).to(device)
+            xs.append(flow_sample(u_fn, noise, args.sampler, args.steps).clamp(0, 1).cpu())
+        save_atomic({"x": torch.cat(xs), "y": None, "config": vars(args),
+                     "epoch": run["epoch"]}, out("samples.pt"))
+        print(f"sample: {args.n_samples} digits, {label}, in {time.time() - t0:.1f} s")
+    print(f"outputs in {args.out_dir}/:", ", ".join(sorted(os.listdir(args.out_dir))))
+    pngs = [out(name) for name in ("samples.png", "loss.png")]
+    show(*[png for png in pngs if os.path.exists(png)])  # in a notebook
 
 # =================================================================================================
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.

@@ -53,14 +53,15 @@ TRAIN_KEYS = ("ckpt_teacher", "pairs", "pair_steps", "guidance", "guide_from", "
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
     lo_included=False: above lo. Anything else is argparse's one line, naming the flag."""
+    interval = ("[" if lo_included else "(") + f"{lo}, {hi})"  # for the error message
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             a = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {a}")
-        if not (math.isfinite(value) and (value > lo or (value == lo and lo_included)) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is not in {'[' if lo_included else '('}{lo}, {hi})")
+        if not (math.isfinite(value) and (lo < value < hi or value == lo and lo_included)):
+            raise argparse.ArgumentTypeError(f"{text} is not in {interval}")
         return value
     return parse
 
@@ -112,7 +113,7 @@ def get_args(argv=None):
     return args, given
 # --- shared: flow path ---
 def interpolate(x0, x1, t):
-    """x_t = (1 - t) x_0 + t x_1 for a batch of t (B,): the noise x_0 at t = 0, the digit x_1 at t = 1."""
+    """x_t = (1 - t) x_0 + t x_1, t (B,): the noise x_0 at t = 0, the digit x_1 at t = 1."""
     t = t.view(-1, 1, 1, 1)
     return (1 - t) * x0 + t * x1
 
@@ -121,7 +122,7 @@ def target_velocity(x0, x1):
     return x1 - x0
 
 def velocity(model, x_t, t, scale, y=None):
-    """u_theta(x_t, t[, y]), t (B,) in [0, 1]: the UNet fed scale * t, as its sinusoids (1 .. 1/10000) barely vary."""
+    """u_theta(x_t, t[, y]), t (B,) in [0, 1]: the UNet sees scale * t (its sinusoids need it)."""
     return model(x_t, scale * t, y)
 # --- shared: model blocks ---
 def time_embedding(t, dim):
@@ -150,8 +151,8 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions (used at 7x7: 49 tokens)."""
     def __init__(self, c, heads=4):
         super().__init__()
-        self.norm, self.qkv, self.proj = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
-        self.heads = heads
+        self.norm, self.qkv = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1)  # q, k, v in one conv
+        self.proj, self.heads = nn.Conv2d(c, c, 1), heads
 
     def forward(self, x):                             # x (B, C, H, W)
         B, C, H, W = x.shape
@@ -161,25 +162,26 @@ class SelfAttention(nn.Module):
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 # --- shared: UNet ---
 class UNet(nn.Module):
-    """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes also the label y, embedded and added to t's embedding.
-    28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated: faster, as good (RESULTS.md)."""
+    """eps_theta(x_t, t) (DDPM) or u_theta (flow); with n_classes, a label y too, embedded and added
+    to t. 28x28 -> 14x14 -> 7x7 (+ attention) -> back up; skips added, not concatenated."""
     def __init__(self, channels=(16, 64, 64), emb_dim=128, n_classes=0):
         super().__init__()
         c1, c2, c3 = channels
         self.emb_dim = emb_dim
-        self.t_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.t_mlp = nn.Sequential(
+            nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.y_emb = nn.Embedding(n_classes, emb_dim) if n_classes else None
         self.inp = nn.Conv2d(1, c1, 3, padding=1)
-        self.down1, self.pool1 = ResBlock(c1, c1, emb_dim), nn.Conv2d(c1, c1, 3, stride=2, padding=1)
-        self.down2, self.pool2 = ResBlock(c1, c2, emb_dim), nn.Conv2d(c2, c2, 3, stride=2, padding=1)
+        self.down1, self.pool1 = ResBlock(c1, c1, emb_dim), nn.Conv2d(c1, c1, 3, 2, 1)
+        self.down2, self.pool2 = ResBlock(c1, c2, emb_dim), nn.Conv2d(c2, c2, 3, 2, 1)
         self.down3 = ResBlock(c2, c3, emb_dim)
-        self.mid1, self.attn, self.mid2 = ResBlock(c3, c3, emb_dim), SelfAttention(c3), ResBlock(c3, c3, emb_dim)
-        self.up3 = ResBlock(c3, c2, emb_dim)
+        self.mid1, self.attn = ResBlock(c3, c3, emb_dim), SelfAttention(c3)
+        self.mid2, self.up3 = ResBlock(c3, c3, emb_dim), ResBlock(c3, c2, emb_dim)
         self.unpool2, self.up2 = nn.ConvTranspose2d(c2, c2, 4, 2, 1), ResBlock(c2, c1, emb_dim)
         self.unpool1, self.up1 = nn.ConvTranspose2d(c1, c1, 4, 2, 1), ResBlock(c1, c1, emb_dim)
         self.out = nn.Sequential(nn.GroupNorm(8, c1), nn.SiLU(), nn.Conv2d(c1, 1, 3, padding=1))
 
-    def forward(self, x, t, y=None):                              # x (B, 1, 28, 28), t (B,), y (B,) or None
+    def forward(self, x, t, y=None):  # x (B, 1, 28, 28), t (B,), y (B,) or None
         emb = self.t_mlp(time_embedding(t, self.emb_dim))         # (B, emb_dim)
         if y is not None:
             emb = emb + self.y_emb(y)                             # the digit, or NULL = "no label"
@@ -193,63 +195,63 @@ class UNet(nn.Module):
         return self.out(h)                                        # (B, 1, 28, 28)
 # --- shared: guidance ---
 def guided_velocity_fn(model, y, w, scale, guide_from=0.0):
-    """u(x_t, t) = u_u + w (u_c - u_u) for the digits y (B,), one pass on a doubled batch; w > 1 only from
-    t = guide_from on (min(w, 1) before): on near-pure noise w > 1 pushes a digit's samples to one shape, RESULTS.md."""
-    y2 = torch.cat([y, torch.full_like(y, NULL)])                 # (2B,): the labels, then "no label"
+    """u(x_t, t) = u_u + w (u_c - u_u) for digits y (B,), u_c given y, u_u given NULL; w > 1 only
+    from t = guide_from on (min(w, 1) before): early, it pushes a digit to one shape, RESULTS.md."""
+    no_label = torch.full_like(y, NULL)                           # (B,)
+    labels_then_null = torch.cat([y, no_label])                   # (2B,): u_c's half, u_u's half
     def u_fn(x, t):
-        w_t = w if t >= guide_from else min(w, 1.0)  # the interval (t is exact: see flow_timesteps)
-        if w_t in (0, 1):  # shortcut: u_u or u_c alone is one pass on B inputs
-            return velocity(model, x, torch.full((len(x),), t, device=x.device), scale, y2[len(y):] if w_t == 0 else y)
-        u_c, u_u = velocity(model, torch.cat([x, x]), torch.full((2 * len(x),), t, device=x.device), scale, y2).chunk(2)
+        w_t = w if t >= guide_from else min(w, 1.0)  # the interval (t is exact: flow_timesteps)
+        t_batch = torch.full((len(x),), t, device=x.device)       # (B,)
+        if w_t == 0:                                              # w = 0: u_u alone, B inputs
+            return velocity(model, x, t_batch, scale, no_label)
+        if w_t == 1:                                              # w = 1: u_c alone, B inputs
+            return velocity(model, x, t_batch, scale, y)
+        x_twice, t_twice = torch.cat([x, x]), torch.cat([t_batch, t_batch])  # else both, 2B inputs
+        u_c, u_u = velocity(model, x_twice, t_twice, scale, labels_then_null).chunk(2)
         return u_u + w_t * (u_c - u_u)
     return u_fn
 # --- shared: flow sampler ---
 def count_nfe(sampler, steps):
-    """Network evaluations (NFE) per sample: Euler 1 per step; Heun 2, but 1 in its last step (see flow_sample)."""
+    """Network evaluations (NFE) a sample: Euler 1 a step; Heun 2, its last step 1 (flow_sample)."""
     return steps if sampler == "euler" else 2 * steps - 1
 
 def flow_timesteps(steps):
-    """The t the sampler visits, t = i / steps for i = 0..steps, from 0 (the noise) to 1 (the digit): float64, each
-    the double nearest i / steps, so that a t named in a flag is met exactly (float32's 0.7 is below 0.7)."""
+    """t = i / steps, i = 0..steps, in float64: a t named in a flag (0.7) is met exactly."""
     return torch.arange(steps + 1, dtype=torch.float64) / steps
 
 def euler_step(x, dt, u):
-    """x_{t+dt} = x_t + dt u(x_t, t), along the velocity at the start of the step. First order: error ~ 1 / steps."""
+    """x_{t+dt} = x_t + dt u(x_t, t), along the velocity at the step's start. Error ~ 1 / steps."""
     return x + dt * u
 
 def heun_step(u_fn, x, t, dt, u):
-    """Heun (the explicit trapezoid rule), given u = u(x_t, t): an Euler step to x', then x_{t+dt} = x_t + dt times the
-    mean slope of both ends, (u(x_t, t) + u(x', t + dt)) / 2. Second order: error ~ 1 / steps^2, for a second NFE."""
+    """Heun: x_{t+dt} = x_t + dt (u + u(x', t + dt)) / 2, x' = euler_step. Error ~ 1 / steps^2."""
     x_pred = euler_step(x, dt, u)
     return x + dt * (u + u_fn(x_pred, t + dt)) / 2
 
 def clip_x1(u_fn):
-    """u_fn with its x_1 clipped to [0, 1] (DDPM's clip_denoised): x1_hat = clamp(x_t + (1 - t) u, 0, 1),
-    u' = (x1_hat - x_t) / (1 - t). Where x_1 overshoots (as guidance makes it), the step aims at the nearest valid
-    pixel; u is kept elsewhere, and at t = 1, where nothing is left to predict."""
+    """u_fn aimed at its x_1 clamped to [0, 1], as DDPM's clip_denoised (guidance overshoots):
+    u' = (x1_hat - x_t) / (1 - t), x1_hat = clamp(x_t + (1 - t) u, 0, 1); u itself at t = 1."""
     def u_clipped(x, t):
         u = u_fn(x, t)
         if t >= 1:
             return u
-        return ((x + (1 - t) * u).clamp(0, 1) - x) / (1 - t)
+        return ((x + (1 - t) * u).clamp(0, 1) - x) / (1 - t)      # (x1_hat - x_t) / (1 - t)
     return u_clipped
 
 @torch.no_grad()
 def flow_sample(u_fn, x_0, sampler, steps, path=None):
-    """Solve dx/dt = u(x, t) from the noise x_0 at t = 0 to the digit x_1 at t = 1 in `steps` equal
-    Euler or Heun steps; u_fn(x, t), t a Python float. Returns x_1 (B, 1, 28, 28), unclamped; `path`, a
-    list if given, receives every x_t (steps + 1 of them, for a GIF). Heun's last step is Euler's, as in
-    EDM (Karras et al. 2022): at t = 1 the best guess of u = x_1 - x_0 is x_t - E[x_0] = x_t, not the u
-    that pointed at the digit just before; a corrector there would average that jump in (RESULTS.md)."""
-    ts = flow_timesteps(steps)
+    """Solve dx/dt = u_fn(x, t) (t a float) from the noise x_0 at t = 0 to x_1 at t = 1, unclamped,
+    in `steps` equal steps; a list `path` gets each x_t. Heun's last step is Euler's, as in EDM: at
+    t = 1, u = x_1 - x_0 jumps to x_t - E[x_0] = x_t, and a corrector would average the jump in."""
+    ts = flow_timesteps(steps).tolist()
     x = x_0
-    for t, t_next in zip(ts[:-1].tolist(), ts[1:].tolist()):
+    for t, t_next in zip(ts[:-1], ts[1:]):          # each step, from t to t_next
         if path is not None:
             path.append(x)
         u = u_fn(x, t)
         if sampler == "heun" and t_next < 1:
             x = heun_step(u_fn, x, t, t_next - t, u)
-        else:                                       # Euler, and Heun's last step: no evaluation at t = 1
+        else:                                       # Euler, and Heun's last step (no NFE at t = 1)
             x = euler_step(x, t_next - t, u)
     if path is not None:
         path.append(x)
@@ -300,8 +302,7 @@ def straightness(path):
 # --- shared: EMA ---
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
-    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step)): the warm-up forgets the
-    initial weights and sets the average's length until step (10 decay - 1) / (1 - decay) (8,990 for 0.999)."""
+    """theta_ema <- d theta_ema + (1 - d) theta, d = min(decay, (1 + step) / (10 + step))."""
     d = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - d)
