@@ -4,31 +4,21 @@ Papers: Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models", https
         Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", https://arxiv.org/abs/2207.12598
         Song, Meng, Ermon 2020, "Denoising Diffusion Implicit Models" (DDIM), https://arxiv.org/abs/2010.02502
 
-    python ddpm_class.py                                  # train 20 epochs, sample every digit, plot
-    python ddpm_class.py --data-dir ~/mnist --resume      # MNIST already on disk; continue a killed run
-    python ddpm_class.py --ckpt pretrained/ddpm_class.pt --digits 7     # sevens from the shipped weights
-    python ddpm_class.py --sample-only --n-samples 1000   # 1,000 digits from the run's checkpoint, for evaluate.py
+    python ddpm_class.py                               # train 20 epochs, sample every digit, plot
+    python ddpm_class.py --ckpt pretrained/ddpm_class.pt --digits 7   # sevens, shipped weights
+    python ddpm_class.py --sample-only --n-samples 1000   # 1,000 digits for evaluate.py
 
-Math (t in {1..T}, 1-indexed as in the paper; x_0 is a digit, x_T is noise; y is the digit's label):
-    schedule     beta_t linear 1e-4 .. 0.02 (or cosine),  alpha_t = 1 - beta_t,  alpha_bar_t = prod_{s<=t} alpha_s
+Math (t in {1..T}, alpha_bar_t = prod_{s<=t} (1 - beta_s), y: x_0's label; steps: see ddpm_step):
     q_sample     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,  eps ~ N(0, I)
-    loss         || eps - eps_theta(x_t, t, y') ||^2,  t ~ U{1..T},  y' = y, or "no label" for 10 % of samples
-    guidance     eps = eps_u + w (eps_c - eps_u),  eps_c = eps_theta(x_t, t, y),  eps_u = eps_theta(x_t, t, none);
-                 w = 0 unconditional, 1 conditional; (1 + w') eps_c - w' eps_u is the same with w' = w - 1.
-    ddpm_step    x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sqrt(beta_t) z
-    ddim_step    x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps,  s < t  (deterministic, eta = 0)
-Conventions:
-    t: training draws t in {1..T}; sampling runs t = T, ..., 1; no noise is added at the last step (t = 1).
-    The course's schedule (linear, T = 300) leaves sqrt(alpha_bar_T) = 0.219 of the digit in x_T, yet sampling
-    starts from pure noise; --T 1000 leaves 0.006, the cosine schedule almost none (compare_schedules.py).
-    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (as CS180); saved in [0, 1] or uint8. Every sampler step clips
-    its x_0 to [0, 1] and uses the matching eps (Ho et al.'s clip_denoised): guided x_0 overshoots the data range.
-    Sampler: DDIM 50 (--steps; the snapshots too); --sampler ddpm is the course's, all T steps. --guide-from S (off: 0):
-    w > 1 only where sqrt(alpha_bar_t) / (sqrt(alpha_bar_t) + sqrt(1 - alpha_bar_t)) >= S, flow_class.py's t.
-Writes to --out-dir (runs/ddpm_class): ckpt.pt (every epoch, atomically), samples_epochNNN.png (epochs 1, 5, 10, 15,
-    20, last), samples.png, loss.png, guidance.png, trajectory.pt and snapshots.pt (make_gif.py), samples.pt.
-What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without --resume and
-    --sample-only: restore_run, the RNG state, open_run (call prepare_out_dir); Kaggle layouts in find_idx_files.
+    loss         || eps - eps_theta(x_t, t, y') ||^2,  t ~ U{1..T},  y' = y, or NULL for 10 %
+    guidance     eps = eps_u + w (eps_c - eps_u), eps_c = eps_theta(x_t, t, y), eps_u: y = NULL;
+                 w = 0 unconditional, 1 conditional; (1 + w') eps_c - w' eps_u is w' = w - 1.
+Conventions: training draws t in {1..T}; sampling runs t = T, ..., 1, with no noise added at t = 1.
+    x = p / 255 in [0, 1] for pixels p; each step clips x_0 to [0, 1] (guided, it overshoots).
+Writes to --out-dir (runs/ddpm_class): ckpt.pt (every epoch, atomically), samples.png, loss.png,
+    guidance.png, samples_epochNNN.png, snapshots.pt (SNAPSHOT_EPOCHS), trajectory.pt, samples.pt.
+What you can delete for an assignment: without --resume and --sample-only, open_run (call
+    prepare_out_dir), restore_run (start from an empty run), RNG state; find_idx_files' Kaggle dirs.
 """
 import argparse
 import copy
@@ -46,13 +36,13 @@ from matplotlib.figure import Figure  # writes files, and leaves a notebook's py
 from tqdm import tqdm
 
 SCRIPT = "ddpm_class"
-SNAPSHOT_EPOCHS = (1, 5, 10, 15, 20)  # sample grids saved after these epochs (if within the run) and the last
+SNAPSHOT_EPOCHS = (1, 5, 10, 15, 20)  # grids saved after these epochs (if in the run) and the last
 GUIDANCE_SWEEP = (0, 1, 3, 5, 10)     # the w values of guidance.png
-NULL = 10                              # the "no label" class (digits are 0..9): eps_u = eps_theta(x_t, t, NULL)
+NULL = 10                              # the "no label" class (digits are 0..9)
 GRID_ROWS = 8                          # samples.png and the snapshots: 8 rows of 8 digits
-DDIM_STEPS = 50                        # --steps of --sampler ddim; the snapshots and the guidance sweep take --steps
-TRAIN_KEYS = ("limit", "channels", "T", "schedule", "batch_size", "lr", "lr_decay", "weight_decay", "ema_decay",
-              "p_uncond", "seed")
+DDIM_STEPS = 50                        # --sampler ddim's --steps; snapshots and guidance.png too
+TRAIN_KEYS = ("limit", "channels", "T", "schedule", "batch_size", "lr", "lr_decay", "weight_decay",
+              "ema_decay", "p_uncond", "seed")
 # --- shared: flags ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
@@ -81,41 +71,43 @@ def parse_flags(ap, argv):
     return args, {k for k, v in vars(again).items() if v is not unset}
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
-    ap = argparse.ArgumentParser(description="Class-conditioned DDPM on MNIST with classifier-free guidance")
+    ap = argparse.ArgumentParser(description="Class-conditioned DDPM on MNIST, guided")
+    positive = number(float, 0, lo_included=False)  # a flag's type: a number > 0
     g = ap.add_argument_group("data")
     g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
-    g.add_argument("--limit", type=number(int, 0), default=0, help="train on the first N digits only (0: all)")
+    g.add_argument("--limit", type=number(int, 0), default=0, help="first N digits only (0: all)")
     g = ap.add_argument_group("model")
-    g.add_argument("--channels", type=number(int, 8), nargs=3, default=[16, 64, 64], help="UNet widths at 28, 14, 7 px")
+    g.add_argument("--channels", type=number(int, 8), nargs=3, default=[16, 64, 64],
+                   help="UNet widths at 28, 14, 7 px")
     g = ap.add_argument_group("diffusion")
     g.add_argument("--T", type=number(int, 2), default=300, help="number of diffusion steps")
-    g.add_argument("--schedule", choices=["linear", "cosine"], default="linear", help="beta schedule")
+    g.add_argument("--schedule", choices=["linear", "cosine"], default="linear", help="of beta_t")
     g = ap.add_argument_group("training")
-    g.add_argument("--epochs", type=number(int, 0), default=20, help="passes over the 60,000 training digits")
-    g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per optimizer step")
-    g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3, help="AdamW learning rate")
-    g.add_argument("--lr-decay", type=number(float, 0, lo_included=False), default=1.0,
-                   help="lr times this^(1 / epochs) after every epoch (the course: 0.1 with --weight-decay 0)")
-    g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam, as the course)")
-    g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")
-    g.add_argument("--p-uncond", type=number(float, 0, 1), default=0.1, help="fraction of labels dropped in training")
+    g.add_argument("--epochs", type=number(int, 0), default=20, help="passes over the data")
+    g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per step")
+    g.add_argument("--lr", type=positive, default=1e-3, help="AdamW learning rate")
+    g.add_argument("--lr-decay", type=positive, default=1.0, help="lr *= this^(1/epochs) per epoch")
+    g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's (0: Adam)")
+    g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of weights")
+    g.add_argument("--p-uncond", type=number(float, 0, 1), default=0.1, help="labels set to NULL")
     g = ap.add_argument_group("sampling")
-    g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim", help="ddim, or ddpm (the course's)")
-    g.add_argument("--steps", type=number(int, 1), default=None, help="DDIM steps (default 50); DDPM runs all T")
-    g.add_argument("--guidance", type=number(float, -math.inf), default=5.0, help="w in eps_u + w (eps_c - eps_u)")
-    g.add_argument("--guide-from", type=number(float, 0, 1), default=0.0, help="w > 1 from this signal share on")
-    g.add_argument("--digits", type=int, choices=range(10), nargs="+", default=list(range(10)), help="digits to sample")
-    g.add_argument("--n-samples", type=number(int, 0), default=0, help="also sample N digits into samples.pt")
+    g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim", help="ddpm: all T steps")
+    g.add_argument("--steps", type=number(int, 1), help="DDIM steps (default 50); DDPM runs all T")
+    g.add_argument("--guidance", type=number(float, -math.inf), default=5.0, help="w (see Math)")
+    g.add_argument("--guide-from", type=number(float, 0, 1), default=0.0, help="see guided_eps_fn")
+    g.add_argument("--digits", type=int, choices=range(10), nargs="+", default=list(range(10)),
+                   help="digits to sample")
+    g.add_argument("--n-samples", type=number(int, 0), default=0, help="also N into samples.pt")
     g = ap.add_argument_group("run")
-    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots and samples go here")
+    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="checkpoint, plots, samples go here")
     g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
-    g.add_argument("--sample-only", action="store_true", help="load ckpt.pt and sample, no training")
-    g.add_argument("--ckpt", default="", help="sample this file (pretrained/, a run's ckpt.pt); implies --sample-only")
-    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
-    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
-    args, given = parse_flags(ap, argv)  # given: the flags on the command line, which --resume checks
+    g.add_argument("--sample-only", action="store_true", help="sample from ckpt.pt, no training")
+    g.add_argument("--ckpt", default="", help="sample this file (implies --sample-only)")
+    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run")
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu), cpu, cuda, mps")
+    args, given = parse_flags(ap, argv)  # given: the flags on the command line, checked by --resume
     if any(c % 8 for c in args.channels):
-        ap.error(f"--channels must be multiples of 8 (GroupNorm uses 8 groups), got {args.channels}")
+        ap.error(f"--channels must be multiples of 8 (GroupNorm's 8 groups), got {args.channels}")
     if args.sampler == "ddpm" and args.steps is not None:
         ap.error("--steps is for --sampler ddim: DDPM runs every one of the T steps")
     if args.sampler == "ddim":
@@ -123,20 +115,21 @@ def get_args(argv=None):
     return args, given
 # --- shared: schedule ---
 def make_schedule(T, kind, device):
-    """beta, alpha, alpha_bar (T + 1,) by t = 0..T (beta_0 = 0, alpha_bar_0 = 1): float64 on the CPU, then float32."""
+    """beta, alpha, alpha_bar (T + 1,) by t = 0..T: float64 on the CPU, then float32 on device."""
     t = torch.arange(T + 1, dtype=torch.float64)
     if kind == "linear":  # Ho et al.: beta_1 = 1e-4 .. beta_T = 0.02, evenly spaced
-        beta = torch.cat([torch.zeros(1, dtype=torch.float64), torch.linspace(1e-4, 0.02, T, dtype=torch.float64)])
-    elif kind == "cosine":  # Nichol & Dhariwal: alpha_bar_t = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi/2)
-        s = 0.008
+        beta = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    elif kind == "cosine":  # Nichol & Dhariwal: alpha_bar_t = f(t) / f(0),
+        s = 0.008           # f(t) = cos^2((t/T + s) / (1 + s) * pi/2)
         f = torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
-        beta = (1 - f[1:] / f[:-1]).clamp(max=0.999)  # clipped so the last step is not singular
-        beta = torch.cat([torch.zeros(1, dtype=torch.float64), beta])
+        beta = (1 - f[1:] / f[:-1]).clamp(max=0.999)  # clipped: the last step is not singular
     else:  # a new schedule is one more branch here (and a name in --schedule's choices)
         raise ValueError(f"unknown schedule {kind!r}")
+    beta = torch.cat([torch.zeros(1, dtype=torch.float64), beta])  # beta_0 = 0: t = 0 is x_0
     alpha = 1 - beta
     alpha_bar = torch.cumprod(alpha, 0)
-    return {k: v.float().to(device) for k, v in dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar).items()}
+    table = dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar)
+    return {k: v.float().to(device) for k, v in table.items()}
 # --- shared: forward process ---
 def q_sample(x0, t, eps, sched):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, for a batch of t (B,)."""
@@ -213,15 +206,21 @@ class UNet(nn.Module):
         return self.out(h)                                        # (B, 1, 28, 28)
 # --- guidance ----------------------------------------------------------------------------------
 def guided_eps_fn(model, y, w, sched, guide_from=0.0):
-    """eps(x_t, t) = eps_u + w (eps_c - eps_u) for the digits y (B,), one pass on a doubled batch; w > 1 only where the
-    signal share sqrt(ab) / (sqrt(ab) + sqrt(1 - ab)), ab = alpha_bar_t, is >= guide_from (default 0: RESULTS.md)."""
-    y2 = torch.cat([y, torch.full_like(y, NULL)])                 # (2B,): the labels, then "no label"
+    """eps(x_t, t) = eps_u + w (eps_c - eps_u) for the digits y (B,); w > 1 only where the signal
+    share sqrt(ab) / (sqrt(ab) + sqrt(1 - ab)), ab = alpha_bar_t, is >= guide_from (RESULTS.md)."""
+    no_label = torch.full_like(y, NULL)                 # (B,)
+    y_both = torch.cat([y, no_label])                   # (2B,): the labels, then no label
     def eps_fn(x, t):
         ab = sched["alpha_bar"][t]
-        w_t = w if ab.sqrt() / (ab.sqrt() + (1 - ab).sqrt()) >= guide_from else min(w, 1.0)  # the interval
-        if w_t in (0, 1):  # shortcut: eps_u or eps_c alone is one pass on B inputs
-            return model(x, torch.full((len(x),), t, device=x.device), y2[len(y):] if w_t == 0 else y)
-        eps_c, eps_u = model(torch.cat([x, x]), torch.full((2 * len(x),), t, device=x.device), y2).chunk(2)
+        signal_share = ab.sqrt() / (ab.sqrt() + (1 - ab).sqrt())
+        w_t = w if signal_share >= guide_from else min(w, 1.0)  # the guidance interval
+        t_batch = torch.full((len(x),), t, device=x.device)
+        if w_t == 0:                                    # eps_u alone: one pass on B inputs
+            return model(x, t_batch, no_label)
+        if w_t == 1:                                    # eps_c alone: one pass on B inputs
+            return model(x, t_batch, y)
+        # both: one pass on the doubled batch, x with its labels, then x with no label
+        eps_c, eps_u = model(torch.cat([x, x]), t_batch.repeat(2), y_both).chunk(2)
         return eps_u + w_t * (eps_c - eps_u)
     return eps_fn
 # --- shared: sampler ---
@@ -236,48 +235,56 @@ def eps_from_x0(x_t, t, x0, sched):
     return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
 
 def ddpm_step(x_t, t, eps, sched, gen):
-    """Algorithm 2 of Ho et al.: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z,
-    sigma_t^2 = beta_t, and z = 0 at t = 1 (x_0 is the mean: no noise is added to the final digit)."""
+    """Algorithm 2 of Ho et al.: sigma_t^2 = beta_t, and z = 0 at t = 1 (x_0 is the mean),
+    x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z."""
     beta, alpha, ab = sched["beta"][t], sched["alpha"][t], sched["alpha_bar"][t]
     mean = (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
     if t == 1:
         return mean
-    return mean + beta.sqrt() * torch.randn(x_t.shape, generator=gen).to(x_t.device)  # noise drawn on the CPU
+    z = torch.randn(x_t.shape, generator=gen).to(x_t.device)  # drawn on the CPU, from gen
+    return mean + beta.sqrt() * z
 
 def ddim_step(x0, eps, t_prev, sched):
-    """DDIM (eta = 0): x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t; s = 0 gives x_0."""
+    """DDIM (eta = 0): x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t."""
     ab_prev = sched["alpha_bar"][t_prev]
     return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
 
 def timesteps(sampler, T, steps):
-    """The t the sampler visits, from T down to 0: every one for DDPM, `steps` evenly spaced for DDIM."""
+    """The t the sampler visits, T down to 0: every one for DDPM, `steps` evenly spaced for DDIM."""
     if sampler == "ddpm":
-        return list(range(T, -1, -1))                              # T, T-1, ..., 1, 0
-    return torch.linspace(T, 0, min(steps, T) + 1).round().long().tolist()  # e.g. 300, 294, ..., 6, 0
+        return list(range(T, -1, -1))                 # T, T-1, ..., 1, 0
+    return torch.linspace(T, 0, min(steps, T) + 1).round().long().tolist()  # 300, 294, ..., 0
 
 @torch.no_grad()
-def sample(eps_fn, x_T, sched, sampler, steps, gen):
-    """Reverse process from x_T to x_0; eps_fn(x_t, t) predicts eps, t an int in 1..T. Every step clips its x_0 to
-    [0, 1], takes the eps that matches it (unchanged where x_0 was inside), then a DDPM or DDIM step. Returns x_0
-    (B, 1, 28, 28), the t visited (n + 1,) and every x_t as uint8 frames (n + 1, B, 1, 28, 28), for plots and GIFs."""
+def sample(eps_fn, x_T, sched, sampler, steps, gen, path=None):
+    """Reverse process from x_T to x_0 (returned); eps_fn(x_t, t) predicts eps, t an int in 1..T.
+    Each step clips its x_0 to [0, 1], takes the eps that matches it, then a DDPM or DDIM step.
+    `path`, a list if given, receives every x_t, one per t of timesteps() (for plots, GIFs)."""
     ts = timesteps(sampler, len(sched["beta"]) - 1, steps)
-    x, frames = x_T, [to_uint8(x_T).cpu()]
+    x = x_T
     for t, t_prev in zip(ts[:-1], ts[1:]):
+        if path is not None:
+            path.append(x)
         x0 = predict_x0(x, t, eps_fn(x, t), sched).clamp(0, 1)
         eps = eps_from_x0(x, t, x0, sched)
-        x = ddpm_step(x, t, eps, sched, gen) if sampler == "ddpm" else ddim_step(x0, eps, t_prev, sched)
-        frames.append(to_uint8(x).cpu())
-    return x, torch.tensor(ts), torch.stack(frames)
+        if sampler == "ddpm":
+            x = ddpm_step(x, t, eps, sched, gen)
+        else:
+            x = ddim_step(x0, eps, t_prev, sched)
+    if path is not None:
+        path.append(x)
+    return x
 # --- training step: the DDPM loss with labels dropped for guidance ------------------------------
 def ddpm_loss_cfg(model, x0, y, sched, p_uncond):
-    """|| eps - eps_theta(x_t, t, y') ||^2 for digits x_0 (B, 1, 28, 28) in [0, 1], labels y (B,), t ~ U{1..T};
-    y' = NULL for a fraction p_uncond, per sample: one network learns eps(x_t, t, y) and eps(x_t, t), for guidance."""
+    """|| eps - eps_theta(x_t, t, y') ||^2 for digits x_0 (B, 1, 28, 28), labels y (B,), t ~ U{1..T}
+    and y' = NULL for a fraction p_uncond: one network learns eps(x_t, t, y) and eps(x_t, t)."""
     T = len(sched["beta"]) - 1
     t = torch.randint(1, T + 1, (len(x0),), device=x0.device)     # t ~ U{1..T}
     eps = torch.randn_like(x0)
     drop = torch.rand(len(y), device=y.device) < p_uncond         # per sample, not per batch
     y = torch.where(drop, torch.full_like(y, NULL), y)
-    return F.mse_loss(model(q_sample(x0, t, eps, sched), t, y), eps)
+    x_t = q_sample(x0, t, eps, sched)
+    return F.mse_loss(model(x_t, t, y), eps)
 # --- shared: EMA ---
 @torch.no_grad()
 def ema_update(ema, model, decay, step):
@@ -287,40 +294,50 @@ def ema_update(ema, model, decay, step):
         p_ema.lerp_(p, 1 - d)
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
-    # setup: flags and device; with --resume or --sample-only, the checkpoint (its flags are the run's)
+    # setup: flags, device, the checkpoint of --resume / --sample-only
     args, given = get_args(argv)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     ckpt_path, ckpt = open_run(args, given, SCRIPT, TRAIN_KEYS)
     print(vars(args))
 
-    # the schedule and the model: eps_theta(x_t, t, y), its EMA (what we sample from), AdamW
+    def out(name):  # a file in --out-dir
+        return os.path.join(args.out_dir, name)
+
+    # the schedule, eps_theta(x_t, t, y), its EMA (which samples), AdamW
     sched = make_schedule(args.T, args.schedule, device)
+    signal_left = sched["alpha_bar"][-1].sqrt().item()
     print(f"device {device}  threads {torch.get_num_threads()}  T={args.T} {args.schedule}  "
-          f"sqrt(alpha_bar_T) = {sched['alpha_bar'][-1].sqrt().item():.3f} (signal left at t = T)")
-    model = UNet(args.channels, n_classes=11).to(device, memory_format=torch.channels_last)  # faster on CPU
+          f"sqrt(alpha_bar_T) = {signal_left:.3f} (signal left at t = T)")
+    model = UNet(args.channels, n_classes=NULL + 1)  # digits 0..9 and NULL, "no label"
+    model = model.to(device, memory_format=torch.channels_last)  # faster on CPU
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, channels {args.channels}")
-    run = restore_run(ckpt, model, ema, opt, device, args.out_dir)  # epochs done, losses; weights if continuing
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"UNet {n_params / 1e6:.2f}M parameters, channels {args.channels}")
+    run = restore_run(ckpt, model, ema, opt, device, args.out_dir)
 
-    # the grid: 8 digits a row, 8 rows of one digit, 4 each of two, ...; the same x_T every epoch, its own generator
+    # the grid: 8 rows of one digit, 4 of two, ...; the same x_T every epoch
     rows_per_digit = max(1, GRID_ROWS // len(args.digits))
-    y_grid = torch.tensor(args.digits, device=device).repeat_interleave(8 * rows_per_digit)  # (8 * rows,)
+    digits = torch.tensor(args.digits, device=device)
+    y_grid = digits.repeat_interleave(8 * rows_per_digit)
     row_labels = [str(d) for d in args.digits for _ in range(rows_per_digit)]
-    x_T = torch.randn(len(y_grid), 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+    grid_gen = torch.Generator().manual_seed(args.seed + 1)  # not the training RNG
+    x_T = torch.randn(len(y_grid), 1, 28, 28, generator=grid_gen).to(device)
     eps_grid = guided_eps_fn(ema, y_grid, args.guidance, sched, args.guide_from)
-    ddim_steps = args.steps or DDIM_STEPS                         # the snapshots' and the guidance sweep's DDIM
+    ddim_steps = args.steps or DDIM_STEPS  # the snapshots' and guidance.png's
 
-    # train: the whole set on the device, shuffled batches (no DataLoader); a checkpoint after every epoch
+    # train: all data on the device, no DataLoader; ckpt.pt every epoch
     if not args.sample_only and run["epoch"] < args.epochs:
-        x_all, y_all = load_mnist(args.data_dir, limit=args.limit, device=device)  # (N, 1, 28, 28) in [0, 1], (N,)
+        x_all, y_all = load_mnist(args.data_dir, limit=args.limit, device=device)
         print(f"training on {len(x_all)} digits")
-        step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1  # step: optimizer steps so far
+        step = len(run["loss_history"])  # optimizer steps so far
+        first = run["epoch"] + 1
+        train_s = 0.0
         for epoch in range(first, args.epochs + 1):
-            for group in opt.param_groups:  # lr gamma^(epoch - 1), gamma = lr_decay^(1 / epochs); 1: constant
+            for group in opt.param_groups:
                 group["lr"] = args.lr * args.lr_decay ** ((epoch - 1) / args.epochs)
-            losses = []  # this epoch's, kept on the device: no host sync per step
+            losses = []  # on the device: no host sync per step
             with EpochLog(epoch, args.epochs, len(x_all), losses, run["epoch"]) as log:
                 for idx in torch.randperm(len(x_all), device=device).split(args.batch_size):
                     loss = ddpm_loss_cfg(model, x_all[idx], y_all[idx], sched, args.p_uncond)
@@ -332,47 +349,59 @@ def main(argv=None):
                     losses.append(loss.detach())
                     log.step(len(idx))  # progress bar, NaN stop, Ctrl-C
             run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
-            run["epoch"], train_s = epoch, train_s + log.seconds
-            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:  # DDIM on the EMA weights
-                x0 = sample(eps_grid, x_T, sched, "ddim", ddim_steps, None)[0]
-                save_snapshot(run, epoch, x0, y_grid, args.out_dir, row_labels,
-                              f"{SCRIPT}: epoch {epoch} (EMA, w={args.guidance}, DDIM {ddim_steps})")
+            run["epoch"] = epoch
+            train_s += log.seconds
+            if epoch in SNAPSHOT_EPOCHS or epoch == args.epochs:
+                x0 = sample(eps_grid, x_T, sched, "ddim", ddim_steps, None)
+                title = f"{SCRIPT}: epoch {epoch} (EMA, w={args.guidance}, DDIM {ddim_steps})"
+                save_snapshot(run, epoch, x0, y_grid, args.out_dir, row_labels, title)
             save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
         n = args.epochs - first + 1
         print(f"train: {train_s / n:.1f} s/epoch, {n * len(x_all) / train_s:.0f} img/s")
     if len(run["loss_history"]):
-        plot_loss(run["loss_history"], os.path.join(args.out_dir, "loss.png"), f"{SCRIPT}: training loss")
+        plot_loss(run["loss_history"], out("loss.png"), f"{SCRIPT}: training loss")
 
-    # figures: the final grid with the chosen sampler, its reverse process, and the guidance sweep
-    gen, t0 = torch.Generator().manual_seed(args.seed + 2), time.time()  # gen: the sampler's noise z, on the CPU
-    x0, ts, frames = sample(eps_grid, x_T, sched, args.sampler, args.steps, gen)
-    label = f"{args.sampler.upper()} {len(ts) - 1} steps, w={args.guidance}" + \
-        (f" from s={args.guide_from:g}" if args.guide_from and args.guidance > 1 else "")
+    # figures: the grid, its reverse process, the guidance sweep
+    gen = torch.Generator().manual_seed(args.seed + 2)  # the sampler's noise z
+    t0 = time.time()
+    path = []  # every x_t, for make_gif.py
+    x0 = sample(eps_grid, x_T, sched, args.sampler, args.steps, gen, path)
+    ts = timesteps(args.sampler, args.T, args.steps)  # the t of each x_t
+    label = f"{args.sampler.upper()} {len(ts) - 1} steps, w={args.guidance}"
+    if args.guide_from and args.guidance > 1:
+        label += f" from s={args.guide_from:g}"
     print(f"sample: {len(x0)} digits, {label}, in {time.time() - t0:.1f} s")
-    save_grid(x0, os.path.join(args.out_dir, "samples.png"), 8, f"{SCRIPT}: EMA, {label}", row_labels)
-    save_atomic({"frames": frames, "t": ts, "y": y_grid.cpu(), "nrow": 8}, os.path.join(args.out_dir, "trajectory.pt"))
-    y_sweep, x_sweep = y_grid[::4], x_T[::4]                      # a row per w, every 4th grid digit, the same noise
-    sweep = [sample(guided_eps_fn(ema, y_sweep, w, sched, args.guide_from), x_sweep, sched, "ddim", ddim_steps,
-                    None)[0] for w in GUIDANCE_SWEEP]
-    save_grid(torch.cat(sweep), os.path.join(args.out_dir, "guidance.png"), len(y_sweep),
-              f"{SCRIPT}: eps_u + w (eps_c - eps_u), EMA, DDIM {ddim_steps} steps",
+    save_grid(x0, out("samples.png"), 8, f"{SCRIPT}: EMA, {label}", row_labels)
+    frames = to_uint8(torch.stack(path)).cpu()  # (len(ts), B, 1, 28, 28)
+    trajectory = {"frames": frames, "t": torch.tensor(ts), "y": y_grid.cpu(), "nrow": 8}
+    save_atomic(trajectory, out("trajectory.pt"))
+    y_sweep = y_grid[::4]  # every 4th digit of the grid,
+    x_sweep = x_T[::4]     # with its noise: a row of them per w
+    sweep = []
+    for w in GUIDANCE_SWEEP:
+        eps_w = guided_eps_fn(ema, y_sweep, w, sched, args.guide_from)
+        sweep.append(sample(eps_w, x_sweep, sched, "ddim", ddim_steps, None))
+    title = f"{SCRIPT}: eps_u + w (eps_c - eps_u), EMA, DDIM {ddim_steps} steps"
+    save_grid(torch.cat(sweep), out("guidance.png"), len(y_sweep), title,
               [f"w={w:g}" for w in GUIDANCE_SWEEP], [str(d) for d in y_sweep.tolist()])
 
-    # samples: N digits for evaluate.py, the requested digits in turn (0, 1, ..., 9, 0, 1, ...)
+    # samples: N digits for evaluate.py, the --digits in turn
     if args.n_samples:
-        t0, xs = time.time(), []
-        y = torch.tensor(args.digits, device=device).repeat(args.n_samples // len(args.digits) + 1)[:args.n_samples]
-        for y_chunk in y.split(250):  # 250 digits: forward batches of 500 (with and without the label)
+        t0 = time.time()
+        xs = []
+        y = digits.repeat(args.n_samples // len(digits) + 1)[:args.n_samples]  # N labels
+        for y_chunk in y.split(250):  # batches of 500 with NULL
             noise = torch.randn(len(y_chunk), 1, 28, 28, generator=gen).to(device)
             eps_fn = guided_eps_fn(ema, y_chunk, args.guidance, sched, args.guide_from)
-            xs.append(sample(eps_fn, noise, sched, args.sampler, args.steps, gen)[0].clamp(0, 1).cpu())  # x_0 in [0, 1]
-        save_atomic({"x": torch.cat(xs), "y": y.cpu(), "config": vars(args), "epoch": run["epoch"]},
-                    os.path.join(args.out_dir, "samples.pt"))  # for evaluate.py
+            x0 = sample(eps_fn, noise, sched, args.sampler, args.steps, gen)
+            xs.append(x0.clamp(0, 1).cpu())  # x_0 in [0, 1]
+        samples = {"x": torch.cat(xs), "y": y.cpu(),
+                   "config": vars(args), "epoch": run["epoch"]}
+        save_atomic(samples, out("samples.pt"))
         print(f"sample: {args.n_samples} digits in {time.time() - t0:.1f} s -> samples.pt")
     print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
-    show(*[os.path.join(args.out_dir, f) for f in ('samples.png', 'guidance.png', 'loss.png')
-           if os.path.exists(os.path.join(args.out_dir, f))])  # in a notebook: below the cell
-
+    figures = [out(f) for f in ("samples.png", "guidance.png", "loss.png")]
+    show(*[f for f in figures if os.path.exists(f)])  # in a notebook
 # =================================================================================================
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
 # --- shared: errors and notebooks ---

@@ -118,20 +118,21 @@ def get_args(argv=None):
     return args
 # --- shared: schedule ---
 def make_schedule(T, kind, device):
-    """beta, alpha, alpha_bar (T + 1,) by t = 0..T (beta_0 = 0, alpha_bar_0 = 1): float64 on the CPU, then float32."""
+    """beta, alpha, alpha_bar (T + 1,) by t = 0..T: float64 on the CPU, then float32 on device."""
     t = torch.arange(T + 1, dtype=torch.float64)
     if kind == "linear":  # Ho et al.: beta_1 = 1e-4 .. beta_T = 0.02, evenly spaced
-        beta = torch.cat([torch.zeros(1, dtype=torch.float64), torch.linspace(1e-4, 0.02, T, dtype=torch.float64)])
-    elif kind == "cosine":  # Nichol & Dhariwal: alpha_bar_t = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi/2)
-        s = 0.008
+        beta = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    elif kind == "cosine":  # Nichol & Dhariwal: alpha_bar_t = f(t) / f(0),
+        s = 0.008           # f(t) = cos^2((t/T + s) / (1 + s) * pi/2)
         f = torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
-        beta = (1 - f[1:] / f[:-1]).clamp(max=0.999)  # clipped so the last step is not singular
-        beta = torch.cat([torch.zeros(1, dtype=torch.float64), beta])
+        beta = (1 - f[1:] / f[:-1]).clamp(max=0.999)  # clipped: the last step is not singular
     else:  # a new schedule is one more branch here (and a name in --schedule's choices)
         raise ValueError(f"unknown schedule {kind!r}")
+    beta = torch.cat([torch.zeros(1, dtype=torch.float64), beta])  # beta_0 = 0: t = 0 is x_0
     alpha = 1 - beta
     alpha_bar = torch.cumprod(alpha, 0)
-    return {k: v.float().to(device) for k, v in dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar).items()}
+    table = dict(beta=beta, alpha=alpha, alpha_bar=alpha_bar)
+    return {k: v.float().to(device) for k, v in table.items()}
 # --- shared: forward process ---
 def q_sample(x0, t, eps, sched):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, for a batch of t (B,)."""
@@ -218,38 +219,45 @@ def eps_from_x0(x_t, t, x0, sched):
     return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
 
 def ddpm_step(x_t, t, eps, sched, gen):
-    """Algorithm 2 of Ho et al.: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z,
-    sigma_t^2 = beta_t, and z = 0 at t = 1 (x_0 is the mean: no noise is added to the final digit)."""
+    """Algorithm 2 of Ho et al.: sigma_t^2 = beta_t, and z = 0 at t = 1 (x_0 is the mean),
+    x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) + sigma_t z."""
     beta, alpha, ab = sched["beta"][t], sched["alpha"][t], sched["alpha_bar"][t]
     mean = (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
     if t == 1:
         return mean
-    return mean + beta.sqrt() * torch.randn(x_t.shape, generator=gen).to(x_t.device)  # noise drawn on the CPU
+    z = torch.randn(x_t.shape, generator=gen).to(x_t.device)  # drawn on the CPU, from gen
+    return mean + beta.sqrt() * z
 
 def ddim_step(x0, eps, t_prev, sched):
-    """DDIM (eta = 0): x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t; s = 0 gives x_0."""
+    """DDIM (eta = 0): x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps, s = t_prev < t."""
     ab_prev = sched["alpha_bar"][t_prev]
     return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
 
 def timesteps(sampler, T, steps):
-    """The t the sampler visits, from T down to 0: every one for DDPM, `steps` evenly spaced for DDIM."""
+    """The t the sampler visits, T down to 0: every one for DDPM, `steps` evenly spaced for DDIM."""
     if sampler == "ddpm":
-        return list(range(T, -1, -1))                              # T, T-1, ..., 1, 0
-    return torch.linspace(T, 0, min(steps, T) + 1).round().long().tolist()  # e.g. 300, 294, ..., 6, 0
+        return list(range(T, -1, -1))                 # T, T-1, ..., 1, 0
+    return torch.linspace(T, 0, min(steps, T) + 1).round().long().tolist()  # 300, 294, ..., 0
 
 @torch.no_grad()
-def sample(eps_fn, x_T, sched, sampler, steps, gen):
-    """Reverse process from x_T to x_0; eps_fn(x_t, t) predicts eps, t an int in 1..T. Every step clips its x_0 to
-    [0, 1], takes the eps that matches it (unchanged where x_0 was inside), then a DDPM or DDIM step. Returns x_0
-    (B, 1, 28, 28), the t visited (n + 1,) and every x_t as uint8 frames (n + 1, B, 1, 28, 28), for plots and GIFs."""
+def sample(eps_fn, x_T, sched, sampler, steps, gen, path=None):
+    """Reverse process from x_T to x_0 (returned); eps_fn(x_t, t) predicts eps, t an int in 1..T.
+    Each step clips its x_0 to [0, 1], takes the eps that matches it, then a DDPM or DDIM step.
+    `path`, a list if given, receives every x_t, one per t of timesteps() (for plots, GIFs)."""
     ts = timesteps(sampler, len(sched["beta"]) - 1, steps)
-    x, frames = x_T, [to_uint8(x_T).cpu()]
+    x = x_T
     for t, t_prev in zip(ts[:-1], ts[1:]):
+        if path is not None:
+            path.append(x)
         x0 = predict_x0(x, t, eps_fn(x, t), sched).clamp(0, 1)
         eps = eps_from_x0(x, t, x0, sched)
-        x = ddpm_step(x, t, eps, sched, gen) if sampler == "ddpm" else ddim_step(x0, eps, t_prev, sched)
-        frames.append(to_uint8(x).cpu())
-    return x, torch.tensor(ts), torch.stack(frames)
+        if sampler == "ddpm":
+            x = ddpm_step(x, t, eps, sched, gen)
+        else:
+            x = ddim_step(x0, eps, t_prev, sched)
+    if path is not None:
+        path.append(x)
+    return x
 # --- the model: a ddpm_class.py checkpoint, and its guided eps ----------------------------------
 def load_ddpm_class(path, device):
     """The EMA weights of a ddpm_class.py checkpoint as an eval-mode UNet, its schedule, and its epochs."""
@@ -513,7 +521,7 @@ def main(argv=None):
         a, b = args.anagram
         R, x_T = TRANSFORMS[args.transform], noise((ANAGRAMS, 1, 28, 28), "f")
         eps_of = lambda d: guided_eps(model, torch.full((ANAGRAMS,), d, device=device), w)  # noqa: E731
-        x = sample(anagram_eps(eps_of(a), eps_of(b), R), x_T, sched, "ddim", steps, None)[0]
+        x = sample(anagram_eps(eps_of(a), eps_of(b), R), x_T, sched, "ddim", steps, None)
         save_grid(torch.cat([x, R(x)]), out("f_anagram.png"), ANAGRAMS, f"f (1.8): visual anagrams, {a} upright and "
                   f"{b} under a {args.transform} (w={w:g})", [str(a), f"{b}: {args.transform}"])
 
@@ -523,7 +531,7 @@ def main(argv=None):
         eps_of = lambda ds: guided_eps(model, torch.tensor(ds, device=device).repeat_interleave(HYBRIDS), w)  # noqa
         L = lambda e: gaussian_blur(e, args.lowpass_sigma)       # noqa: E731  the low-pass filter
         x_T = noise((len(lows) * HYBRIDS, 1, 28, 28), "g")
-        x = sample(hybrid_eps(eps_of(lows), eps_of(highs), L), x_T, sched, "ddim", steps, None)[0]
+        x = sample(hybrid_eps(eps_of(lows), eps_of(highs), L), x_T, sched, "ddim", steps, None)
         x = x.view(len(lows), HYBRIDS, 1, 28, 28)                 # (pairs, hybrids, 1, 28, 28)
         views = torch.stack([L(x[:, 0]), x[:, 0] - L(x[:, 0]) + 0.5], 1).clamp(0, 1)  # the first: from afar, up close
         save_grid(torch.cat([x, views], 1).flatten(0, 1), out("g_hybrid.png"), HYBRIDS + 2, f"g (1.9): hybrids, "
@@ -534,12 +542,12 @@ def main(argv=None):
     if "h" in args.parts:
         x0 = torch.cat([x_show[:2], x_test[:args.n_score]])      # the two digits shown, then the scored ones
         x_T = ddim_invert(eps_u(len(x0)), x0, sched, steps, args.invert_iters)
-        x_rec = sample(eps_u(len(x0)), x_T, sched, "ddim", steps, None)[0]
+        x_rec = sample(eps_u(len(x0)), x_T, sched, "ddim", steps, None)
         err = (x_rec - x0)[2:].square().flatten(1).mean(1).sqrt().mean().item()
         print(f"h: DDIM inversion, {args.invert_iters} refinements per step: x_0 -> x_T -> x_0 RMS error {err:.4f} "
               f"(pixels in [0, 1], mean of {args.n_score} test digits)")
         alpha = torch.linspace(0, 1, SLERP_POINTS, device=device).view(-1, 1, 1, 1)
-        x_mid = sample(eps_u(SLERP_POINTS), slerp(x_T[:1], x_T[1:2], alpha), sched, "ddim", steps, None)[0]
+        x_mid = sample(eps_u(SLERP_POINTS), slerp(x_T[:1], x_T[1:2], alpha), sched, "ddim", steps, None)
         top = [[(x0[i, 0], "x_0"), ((0.5 + x_T[i, 0] / 6).clamp(0, 1), "its x_T (+-3 std)"), (x_rec[i, 0], "decoded")]
                for i in (0, 1)]                                   # the first two digits, with a blank between
         mid = [(x_mid[j, 0], f"alpha={alpha[j].item():.2f}") for j in range(SLERP_POINTS)]

@@ -76,7 +76,7 @@ def test_sampler_with_exact_eps_recovers_the_data(sampler, steps, landed, kind):
     ab_T = sched["alpha_bar"][-1]
     x0_true = (torch.rand(4000, 1, 1, 1, generator=gen) < 0.5).float()
     x_T = ab_T.sqrt() * x0_true + (1 - ab_T).sqrt() * torch.randn(4000, 1, 1, 1, generator=gen)
-    x0 = ddpm_time.sample(oracle_eps(points, sched), x_T, sched, sampler, steps or None, gen)[0]
+    x0 = ddpm_time.sample(oracle_eps(points, sched), x_T, sched, sampler, steps or None, gen)
     on_points = (((x0 - 0.5).abs() - 0.5).abs() < 1e-3).float().mean().item()
     assert on_points > landed, f"only {on_points:.3f} of the samples land on the data points"
     assert (x0 > 0.5).float().mean().item() == pytest.approx(0.5, abs=0.04)
@@ -96,9 +96,10 @@ def test_ddim_keeps_the_implied_noise_when_x0_is_clipped():
     x_mid = ddpm_time.ddim_step(x0, implied_T, 150, sched)                  # the sampler's own step
     assert torch.allclose(ddpm_time.eps_from_x0(x_mid, 150, x0, sched), implied_T, atol=1e-4)
     assert ddpm_time.timesteps("ddim", 300, 2) == [300, 150, 0]
-    # and sample() takes exactly that step: its second frame is x_mid (frames are uint8 of [0, 1])
-    frames = ddpm_time.sample(eps_fn, x_T, sched, "ddim", 2, None)[2]
-    assert torch.equal(frames[1], ddpm_time.to_uint8(x_mid))
+    # and sample() takes exactly that step: the second x_t on its path is x_mid
+    path = []
+    ddpm_time.sample(eps_fn, x_T, sched, "ddim", 2, None, path)
+    assert torch.equal(path[1], x_mid)
 
 
 def test_ddpm_first_step_stays_bounded_under_cosine():
@@ -116,10 +117,12 @@ def test_ddpm_first_step_stays_bounded_under_cosine():
     x0 = ddpm_time.predict_x0(x_T, 300, eps_fn(x_T, 300), sched).clamp(0, 1)
     x_299 = ddpm_time.ddpm_step(x_T, 300, ddpm_time.eps_from_x0(x_T, 300, x0, sched), sched, gen)
     assert 0.8 < x_299.std() < 1.2
-    # sample()'s first step stays bounded too (its frames are uint8 of x clipped to [0, 1]: about half
+    # sample()'s first step stays bounded too (as a uint8 frame, x clipped to [0, 1]: about half
     # the pixels of N(0, 1) are below 0; a blown-up step would push nearly all of them to 0 or 255)
-    frames = ddpm_time.sample(eps_fn, x_T, sched, "ddpm", None, torch.Generator().manual_seed(1))[2]
-    saturated = ((frames[1] == 0) | (frames[1] == 255)).float().mean().item()
+    path = []
+    ddpm_time.sample(eps_fn, x_T, sched, "ddpm", None, torch.Generator().manual_seed(1), path)
+    frame = ddpm_time.to_uint8(path[1])
+    saturated = ((frame == 0) | (frame == 255)).float().mean().item()
     assert saturated < 0.75, f"{saturated:.2f} of the pixels saturated after the first step"
 
 
@@ -139,9 +142,11 @@ def test_no_noise_at_the_last_step():
     b = ddpm_time.ddpm_step(x1, 2, eps, sched, torch.Generator().manual_seed(2))
     assert (a - b).std().item() == pytest.approx(math.sqrt(2 * sched["beta"][2].item()), rel=0.1)
     # and sample() visits t = 10 .. 0, ending on that noise-free mean
-    x0, ts, frames = ddpm_time.sample(eps_fn, torch.randn(5, 1, 28, 28), sched, "ddpm", None,
-                                      torch.Generator().manual_seed(1))
-    assert ts.tolist() == list(range(10, -1, -1)) and len(frames) == 11
+    path = []
+    x0 = ddpm_time.sample(eps_fn, torch.randn(5, 1, 28, 28), sched, "ddpm", None,
+                          torch.Generator().manual_seed(1), path)
+    assert ddpm_time.timesteps("ddpm", 10, None) == list(range(10, -1, -1)) and len(path) == 11
+    assert path[-1] is x0
 
 
 def test_guidance_convention():

@@ -155,7 +155,7 @@ def test_ddim_inversion_of_gaussian_data_round_trips_to_float32_precision(steps)
     x0 = mu + s * torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     assert x0.min() > 0 and x0.max() < 1
     eps_fn = gaussian_eps(mu.double(), s)
-    decode = lambda x_T: edit.sample(eps_fn, x_T, SCHED, "ddim", steps, None)[0]  # noqa: E731
+    decode = lambda x_T: edit.sample(eps_fn, x_T, SCHED, "ddim", steps, None)  # noqa: E731
     err = (decode(edit.ddim_invert(eps_fn, x0, SCHED, steps, 100)) - x0).abs().max().item()
     plain = (decode(edit.ddim_invert(eps_fn, x0, SCHED, steps, 0)) - x0).abs().max().item()
     assert err < 1e-5, err
@@ -171,9 +171,9 @@ def test_the_anagram_of_a_symmetric_pair_stays_symmetric(transform):
     x_T = (z + R(z)) / 2
     assert torch.equal(x_T, R(x_T))
     eps_8 = edit.guided_eps(model, torch.full((3,), 8), 5.0)
-    x = edit.sample(edit.anagram_eps(eps_8, eps_8, R), x_T, SCHED, "ddim", STEPS, None)[0]
+    x = edit.sample(edit.anagram_eps(eps_8, eps_8, R), x_T, SCHED, "ddim", STEPS, None)
     assert torch.equal(x, R(x))
-    plain = edit.sample(eps_8, x_T, SCHED, "ddim", STEPS, None)[0]
+    plain = edit.sample(eps_8, x_T, SCHED, "ddim", STEPS, None)
     assert not torch.equal(plain, R(plain))
 
 
@@ -191,8 +191,8 @@ def test_hybrid_with_an_all_pass_filter_is_the_plain_estimate():
     for t in (1, 150, T):
         assert torch.equal(edit.hybrid_eps(eps_3, eps_7, lambda e: e)(x, t), eps_3(x, t))      # all-pass
         assert torch.equal(edit.hybrid_eps(eps_3, eps_7, torch.zeros_like)(x, t), eps_7(x, t))  # all-stop
-    a = edit.sample(edit.hybrid_eps(eps_3, eps_7, lambda e: e), x, SCHED, "ddim", STEPS, None)[0]
-    assert torch.equal(a, edit.sample(eps_3, x, SCHED, "ddim", STEPS, None)[0])
+    a = edit.sample(edit.hybrid_eps(eps_3, eps_7, lambda e: e), x, SCHED, "ddim", STEPS, None)
+    assert torch.equal(a, edit.sample(eps_3, x, SCHED, "ddim", STEPS, None))
 
 
 def test_gaussian_blur_keeps_a_constant_and_the_total():

@@ -148,7 +148,7 @@ def test_shipped_ddpm_class_draws_the_digit_asked_for(tmp_path, real_classifier,
     y = torch.arange(10).repeat(10)
     x_T = torch.randn(100, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        x0 = ddpm_class.sample(ddpm_class.guided_eps_fn(model, y, 5.0, sched), x_T, sched, "ddim", 20, None)[0]
+        x0 = ddpm_class.sample(ddpm_class.guided_eps_fn(model, y, 5.0, sched), x_T, sched, "ddim", 20, None)
     torch.save({"x": x0.clamp(0, 1), "y": y}, tmp_path / "samples.pt")
     r = run_script("evaluate.py", tmp_path / "samples.pt", "--data-dir", REAL_MNIST, "--classifier", real_classifier,
                    "--json")
