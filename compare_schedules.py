@@ -16,9 +16,8 @@ Math (t in {1..T}; x_0 a digit, x_T noise; the model, loss and sampler are ddpm_
     alpha_bar_t = prod_{s<=t} (1 - beta_s),  log-SNR(t) = log(alpha_bar_t / (1 - alpha_bar_t))
     q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)
     L_T = KL(q(x_T | x_0) || N(0, I)) = [ab ||x_0||^2 - D (ab + log(1 - ab))] / 2, ab = alpha_bar_T
-Training shows the model x_T ~ q(x_T | x_0), sampling starts it from N(0, I): L_T (D = 784 pixels),
-the DDPM bound's prior term that training ignores, measures the gap, as x_T along the mean digit
-does (x_T.m). The losses are not comparable: compare the samples (evaluate.py).
+Training shows the model x_T ~ q(x_T | x_0), sampling starts from N(0, I): L_T (D = 784), the DDPM
+bound's prior term, and x_T along the mean digit (x_T.m) measure the gap. Compare samples, not loss.
 Conventions: ddpm_time.py's; each sampler step clips x_0 to [0, 1], as cosine's beta_T = 0.999 needs
 Writes to --out-dir (default runs/compare_schedules), atomically: schedules.png, forward.png,
     samples.png, results.json (the table, its flags); per schedule NAME/ckpt.pt (ddpm_time.py's),
@@ -303,8 +302,7 @@ def train_schedule(sched, ckpt, x_all, cfg, device, out, train_s):
         run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
         run["epoch"], new_s = epoch, new_s + log.seconds
         save_run(run, model, ema, opt, cfg, device, os.path.join(out, "ckpt.pt"), SCRIPT)
-        save_atomic({"epoch": epoch, "train_s": train_s + new_s},
-                    os.path.join(out, "result.pt"))  # not sampled yet
+        save_atomic({"epoch": epoch, "train_s": train_s + new_s}, os.path.join(out, "result.pt"))
     if first <= cfg.epochs:
         n = cfg.epochs - first + 1
         print(f"{cfg.schedule}: train: {new_s / n:.1f} s/epoch, {n * len(x_all) / new_s:.0f} img/s")
@@ -323,9 +321,7 @@ def run_schedule(name, sched, ckpt, x_all, x_T, args, device):
     if stored.get("flags") == flags and (args.n_samples == 0 or os.path.exists(samples_path)):
         print(f"{name}: finished earlier, not retrained")
         return stored["row"], stored["grid"]
-    t0 = time.time()
-    gen = torch.Generator().manual_seed(args.seed + 2)  # the sampler noise z, the same for all
-
+    t0, gen = time.time(), torch.Generator().manual_seed(args.seed + 2)  # gen: z, the same for all
     def eps_fn(x, t):  # eps_theta(x_t, t) for an int t
         return ema(x, torch.full((len(x),), t, device=device))
     x0 = torch.cat([sample(eps_fn, x.to(device), sched, args.sampler, args.steps, gen)[0].cpu()
@@ -334,8 +330,7 @@ def run_schedule(name, sched, ckpt, x_all, x_T, args, device):
     if args.n_samples:
         save_atomic({"x": x0[:args.n_samples].clamp(0, 1), "y": None, "config": vars(cfg),
                      "epoch": run["epoch"]}, samples_path)  # the first N digits, for evaluate.py
-    steps_per_epoch = math.ceil(len(x_all) / args.batch_size)
-    last_epoch = run["loss_history"][-steps_per_epoch:]
+    last_epoch = run["loss_history"][-math.ceil(len(x_all) / args.batch_size):]  # its steps
     row = {"schedule": name, "final_loss": last_epoch.mean().item(), "train_s": train_s,
            "sample_s": sample_s, "sqrt_alpha_bar_T": sched["alpha_bar"][-1].sqrt().item(),
            "sample_ink": x0[:args.n_samples or GRID].clamp(0, 1).mean().item()}  # samples.pt's
