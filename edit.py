@@ -440,11 +440,11 @@ def main(argv=None):
     row_labels = [str(d) for d in SHOW]
     os.makedirs(args.out_dir, exist_ok=True)
     png = {k: os.path.join(args.out_dir, f"{f}.png") for k, f in FIGURES.items()}
-    eps_u = functools.partial(digits_eps, model, NULL, w=0)  # eps_u(n): n digits
+    eps_u = functools.partial(digits_eps, model, NULL, w=0)  # eps_u(n digits)
     gens = {p: torch.Generator().manual_seed(args.seed * len(PARTS) + i)
             for i, p in enumerate(PARTS)}  # an RNG per part
 
-    # a (1.1): the forward process, x_t at several t from the same eps
+    # a (1.1): the forward process, x_t at several t, one eps
     if "a" in args.parts:
         ts = [round(f * T) for f in FORWARD_T]
         eps = torch.randn(x_show.shape, generator=gens["a"]).to(device)
@@ -520,7 +520,7 @@ def main(argv=None):
     if "e" in args.parts:
         src, tgt = args.pairs[::2], args.pairs[1::2]  # a b a b ...
         n_each = [int((labels == a).sum()) for a in src]
-        n = min([args.n_translate] + n_each)  # at most the rarest's count
+        n = min([args.n_translate] + n_each)  # the rarest's count at most
         idx = torch.cat([(labels == a).nonzero()[:n, 0] for a in src])
         x_src = x_test[idx]  # the first n test digits of each source
         y_tgt = torch.tensor(tgt).repeat_interleave(n)
@@ -558,7 +558,7 @@ def main(argv=None):
                   f"under a {args.transform} (w={w:g})",
                   [str(a), f"{b}: {args.transform}"])
 
-    # g (1.9): hybrids, a digit's eps at low frequencies, another's at high
+    # g (1.9): hybrids, a digit's eps at low frequencies, another's high
     if "g" in args.parts:
         lows, highs = args.hybrid[::2], args.hybrid[1::2]  # low high ...
         eps_of = functools.partial(digits_eps, model, n=HYBRIDS, w=w)
@@ -567,7 +567,7 @@ def main(argv=None):
         x_T = x_T.to(device)
         x = sample(hybrid_eps(eps_of(lows), eps_of(highs), L), x_T, sched, "ddim", steps, None)[0]
         x = x.view(len(lows), HYBRIDS, 1, 28, 28)  # (pairs, hybrids, 1, 28, 28)
-        first = x[:, 0]  # each pair's first hybrid, from afar and up close
+        first = x[:, 0]  # each pair's first hybrid: afar, up close
         views = torch.stack([L(first), first - L(first) + 0.5], 1).clamp(0, 1)
         save_grid(torch.cat([x, views], 1).flatten(0, 1), png["g"], HYBRIDS + 2,
                   f"g (1.9): hybrids, low / high "
@@ -595,7 +595,7 @@ def main(argv=None):
                    f"step), slerp through x_T (eps_u, DDIM {steps} steps)")
     print(f"done in {time.time() - t_start:.0f} s on {device} ({torch.get_num_threads()} "
           f"threads); in {args.out_dir}: " + ", ".join(sorted(os.listdir(args.out_dir))))
-    shown = [png[p] for p in PARTS if p in args.parts]  # this run's figures
+    shown = [png[p] for p in PARTS if p in args.parts]  # this run's
     if args.image:
         shown.append(png["image"])
     show(*shown)  # in a notebook: below the cell
