@@ -28,7 +28,7 @@ Conventions: t in {1..T} as in ddpm_class.py, t = 0 the digit itself; noise leve
     x_T keeps sqrt(alpha_bar_T) of the digit (ddpm_class.py's header): SDEdit from T still sees it.
     Parts b, h use eps_u (the course's "a high quality photo"), the others eps_w; an RNG per part.
 Writes to --out-dir (default runs/edit): a PNG per part, a_forward.png .. h_invert.png, c_image.png,
-    and translate.pt (samples.pt's format: x, y the target; also source, t): python evaluate.py it.
+    and translate.pt (samples.pt's format: x, y the target; also source, t) for evaluate.py.
 What you can delete for an assignment: the parts (a block of main() and a function or two each)
     you are not asked for; without --image, load_drawing. The plumbing tail keeps runs safe.
 """
