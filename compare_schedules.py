@@ -3,29 +3,28 @@ r"""Linear vs cosine beta schedules, side by side: one time-conditioned DDPM tra
 Papers: Ho, Jain, Abbeel 2020 (DDPM, linear schedule), https://arxiv.org/abs/2006.11239
         Nichol & Dhariwal 2021 (cosine schedule), https://arxiv.org/abs/2102.09672
 
-    python compare_schedules.py                                # both schedules, 4 epochs each (its time: RESULTS.md)
-    python compare_schedules.py --data-dir ~/mnist --resume    # MNIST on disk; continue a killed run
-    python compare_schedules.py --resume --sampler ddim --steps 50   # sample the trained models again, no training
-    python evaluate.py runs/compare_schedules/linear/samples.pt runs/compare_schedules/cosine/samples.pt
+    python compare_schedules.py                              # both schedules, 4 epochs each
+    python compare_schedules.py --data-dir ~/mnist --resume  # MNIST on disk; continue a killed run
+    python compare_schedules.py --resume --sampler ddim      # sample again (DDIM), no training
+    python evaluate.py runs/compare_schedules/{linear,cosine}/samples.pt  # score both
 
-Only the schedule differs: each schedule's run starts from torch.manual_seed(seed) (the same initial weights, batch
-order, t and eps draws), and its samples from the same x_T and sampler noise z (DDPM over all T steps by default).
-Math (t in {1..T}, 1-indexed; x_0 is a digit, x_T is noise; the model, loss and sampler are ddpm_time.py's):
+Only the schedule differs: each run starts from torch.manual_seed(seed) (the same weights, batches,
+t and eps), its samples from the same x_T and sampler noise z (DDPM over all T steps by default).
+Math (t in {1..T}; x_0 a digit, x_T noise; the model, loss and sampler are ddpm_time.py's):
     linear   beta_t evenly spaced from beta_1 = 1e-4 to beta_T = 0.02
-    cosine   alpha_bar_t = f(t) / f(0),  f(t) = cos^2((t/T + 0.008) / 1.008 * pi/2),  beta_t <= 0.999
-    alpha_bar_t = prod_{s<=t} (1 - beta_s),   q(x_t | x_0) = N( sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I )
-    log-SNR(t) = log( alpha_bar_t / (1 - alpha_bar_t) )
-    L_T = KL( q(x_T | x_0) || N(0, I) ) = 1/2 [ ab ||x_0||^2 - D (ab + log(1 - ab)) ],  ab = alpha_bar_T, D = 784
-Training shows the model x_T ~ q(x_T | x_0), sampling starts it from N(0, I): L_T, the prior term of the DDPM bound
-that training ignores, measures the gap (sqrt(alpha_bar_T) is 0.219 for linear at T = 300, 0.0002 for cosine), and so
-does x_T along the mean digit (x_T.m in the table). The losses are not comparable: compare the samples (evaluate.py).
-Conventions (ddpm_time.py's): pixels uint8 0..255 -> x = p / 255 in [0, 1]; saved in [0, 1] or uint8. Sampling runs
-    t = T, ..., 1, no noise at t = 1; every step clips its x_0 to [0, 1], as cosine's beta_T = 0.999 needs (RESULTS.md).
-Writes to --out-dir (default runs/compare_schedules), atomically: schedules.png, forward.png, samples.png, results.json
-    (the table, its flags); per schedule NAME/ckpt.pt (ddpm_time.py's), NAME/result.pt (seconds trained; the last
-    samples' grid, row, flags), NAME/samples.pt. --resume samples again unless every flag behind them is the same.
-What you can delete for an assignment: without --resume, open_runs, load_result, restore_run and the RNG state;
-    start_gap and prior_kl explain the result but train nothing; the Kaggle layouts in find_idx_files.
+    cosine   alpha_bar_t = f(t) / f(0), f(t) = cos^2((t/T + 0.008) / 1.008 * pi/2), beta_t <= 0.999
+    alpha_bar_t = prod_{s<=t} (1 - beta_s),  log-SNR(t) = log(alpha_bar_t / (1 - alpha_bar_t))
+    q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)
+    L_T = KL(q(x_T | x_0) || N(0, I)) = [ab ||x_0||^2 - D (ab + log(1 - ab))] / 2, ab = alpha_bar_T
+Training shows the model x_T ~ q(x_T | x_0), sampling starts from N(0, I): L_T (D = 784), the DDPM
+bound's prior term, and x_T along the mean digit (x_T.m) measure the gap. Compare samples, not loss.
+Conventions: ddpm_time.py's; each sampler step clips x_0 to [0, 1], as cosine's beta_T = 0.999 needs
+Writes to --out-dir (default runs/compare_schedules), atomically: schedules.png, forward.png,
+    samples.png, results.json (the table, its flags); per schedule NAME/ckpt.pt (ddpm_time.py's),
+    NAME/samples.pt and NAME/result.pt (seconds trained; the samples' grid, row, flags: --resume
+    samples again unless every flag behind them is the same).
+What you can delete for an assignment: without --resume, open_runs, load_result, restore_run and
+    the RNG state; start_gap and prior_kl explain the result but train nothing.
 """
 import argparse
 import copy
@@ -44,14 +43,14 @@ from matplotlib.figure import Figure  # writes files, and leaves a notebook's py
 from tqdm import tqdm
 
 SCRIPT = "compare_schedules"
-SCHEDULES = ("linear", "cosine")  # the choices of --schedules; a third is a branch in make_schedule and a name here
-GRID = 64                         # digits per schedule in samples.png (the first 64 of the samples)
+SCHEDULES = ("linear", "cosine")  # --schedules' choices (a third: a branch in make_schedule)
+GRID = 64                         # digits per schedule in samples.png (the first 64 samples)
 SAMPLE_BATCH = 500                # digits sampled at once: memory stays flat
 N_STATS = 10_000                  # training digits used for the x_T statistics
 FORWARD_COLS = 9                  # forward.png: t = 0 .. T in 9 evenly spaced columns
 DDIM_STEPS = 50                   # --steps of --sampler ddim
-TRAIN_KEYS = ("limit", "channels", "T", "batch_size", "lr", "ema_decay", "seed")  # flags that change training
-RESULT_KEYS = (*TRAIN_KEYS, "sampler", "steps", "n_samples")  # ... and the samples (with the epochs trained)
+TRAIN_KEYS = ("limit", "channels", "T", "batch_size", "lr", "ema_decay", "seed")  # training's
+RESULT_KEYS = (*TRAIN_KEYS, "sampler", "steps", "n_samples")  # the samples' (and epochs trained)
 # --- shared: flags ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
@@ -80,33 +79,36 @@ def parse_flags(ap, argv):
     return args, {k for k, v in vars(again).items() if v is not unset}
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
-    ap = argparse.ArgumentParser(description="Linear vs cosine beta schedules: the same DDPM trained under each")
+    ap = argparse.ArgumentParser(description="Linear vs cosine beta schedules: one DDPM under each")
+    count, whole = number(int, 1), number(int, 0)
+    positive, fraction = number(float, 0, lo_included=False), number(float, 0, 1)
     g = ap.add_argument_group("data")
-    g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
-    g.add_argument("--limit", type=number(int, 0), default=0, help="train on the first N digits only (0: all)")
+    g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded if missing)")
+    g.add_argument("--limit", type=whole, default=0, help="train on the first N digits (0: all)")
     g = ap.add_argument_group("model")
-    g.add_argument("--channels", type=number(int, 8), nargs=3, default=[16, 64, 64], help="UNet widths at 28, 14, 7 px")
+    g.add_argument("--channels", type=number(int, 8), nargs=3, default=[16, 64, 64],
+                   help="UNet widths at 28, 14, 7 px")
     g = ap.add_argument_group("diffusion")
-    g.add_argument("--T", type=number(int, 2), default=300, help="number of diffusion steps (every schedule)")
+    g.add_argument("--T", type=number(int, 2), default=300, help="diffusion steps (every schedule)")
     g.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES),
                    help="beta schedules to train and compare, in this order")
     g = ap.add_argument_group("training")
-    g.add_argument("--epochs", type=number(int, 1), default=4, help="passes over the training digits, per schedule")
-    g.add_argument("--batch-size", type=number(int, 1), default=128, help="digits per optimizer step")
-    g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3, help="AdamW learning rate")
-    g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights, used to sample")
+    g.add_argument("--epochs", type=count, default=4, help="passes over the data, per schedule")
+    g.add_argument("--batch-size", type=count, default=128, help="digits per optimizer step")
+    g.add_argument("--lr", type=positive, default=1e-3, help="AdamW learning rate")
+    g.add_argument("--ema-decay", type=fraction, default=0.999, help="EMA of the weights: samples")
     g = ap.add_argument_group("sampling")
-    g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="sampler of samples.png and .pt")
-    g.add_argument("--steps", type=number(int, 1), default=None, help="DDIM steps (default 50); DDPM runs all T")
-    g.add_argument("--n-samples", type=number(int, 0), default=1000, help="digits per schedule in samples.pt (0: none)")
+    g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="samples' sampler")
+    g.add_argument("--steps", type=count, default=None, help="DDIM steps (default 50); DDPM: all T")
+    g.add_argument("--n-samples", type=whole, default=1000, help="digits in samples.pt (0: none)")
     g = ap.add_argument_group("run")
-    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="figures and results.json; a subfolder per schedule")
-    g.add_argument("--resume", action="store_true", help="continue a killed run; finished schedules are kept")
-    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
-    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
-    args, given = parse_flags(ap, argv)  # given: the flags on the command line, which --resume checks
+    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="figures; a folder per schedule")
+    g.add_argument("--resume", action="store_true", help="continue a killed run (keeps finished)")
+    g.add_argument("--seed", type=whole, default=0, help="same seed, same run (on the same device)")
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or cpu, cuda, mps")
+    args, given = parse_flags(ap, argv)  # given: the flags on the command line, for --resume
     if any(c % 8 for c in args.channels):
-        ap.error(f"--channels must be multiples of 8 (GroupNorm uses 8 groups), got {args.channels}")
+        ap.error(f"--channels must be multiples of 8 (GroupNorm's 8 groups), got {args.channels}")
     if len(set(args.schedules)) < len(args.schedules):
         ap.error(f"--schedules names a schedule twice: {args.schedules}")
     if args.sampler == "ddpm" and args.steps is not None:
@@ -273,26 +275,28 @@ def ema_update(ema, model, decay, step):
         p_ema.lerp_(p, 1 - d)
 # --- the start of sampling: q(x_T | x_0) against N(0, I) ---------------------------------------
 def prior_kl(x0, alpha_bar_T):
-    """L_T = KL(q(x_T | x_0) || N(0, I)) = 1/2 [ab ||x_0||^2 - D (ab + log(1 - ab))] in nats, D = 784 pixels,
-    averaged over the digits x0 (N, 1, 28, 28). In float64, so x0 and alpha_bar_T must be on the CPU."""
+    """L_T = KL(q(x_T | x_0) || N(0, I)) = [ab ||x_0||^2 - D (ab + log(1 - ab))] / 2 nats, D = 784,
+    averaged over the digits x0 (N, 1, 28, 28). In float64: x0, alpha_bar_T on the CPU."""
     ab = alpha_bar_T.double()
     sq = x0.double().flatten(1).square().sum(1)                      # ||x_0||^2 per digit, (N,)
     return (0.5 * (ab * sq - x0[0].numel() * (ab + torch.log1p(-ab)))).mean().item()
 
 def start_gap(x0, alpha_bar_T):
-    """How far training's x_T ~ q(x_T | x_0) is from sampling's N(0, I), for digits x0 (N, 1, 28, 28) on the CPU: L_T,
-    and x_T's mean along the unit mean digit u = m / ||m||, which is sqrt(alpha_bar_T) ||m|| (0 for N(0, I))."""
-    return {"prior_kl": prior_kl(x0, alpha_bar_T), "xT_proj": (alpha_bar_T.sqrt() * x0.mean(0).norm()).item()}
+    """How far training's x_T ~ q(x_T | x_0), x0 (N, 1, 28, 28) on the CPU, is from N(0, I): L_T,
+    and x_T's mean along the unit mean digit m / ||m||, sqrt(alpha_bar_T) ||m|| (N(0, I): 0)."""
+    x_T_along_u = alpha_bar_T.sqrt() * x0.mean(0).norm()
+    return {"prior_kl": prior_kl(x0, alpha_bar_T), "xT_proj": x_T_along_u.item()}
 # --- one schedule: train it, then sample it ----------------------------------------------------
 def train_schedule(sched, ckpt, x_all, cfg, device, out, train_s):
-    """The model under one schedule from torch.manual_seed(seed) (the same weights, batches, t and eps for every
-    schedule), or continued from ckpt. Writes out/ckpt.pt and out/result.pt (seconds trained) every epoch."""
+    """The model under one schedule from torch.manual_seed(seed) (every schedule's weights, batches,
+    t, eps the same), or from ckpt. Writes out/ckpt.pt and out/result.pt (seconds) every epoch."""
     torch.manual_seed(cfg.seed)
     model = UNet(cfg.channels).to(device, memory_format=torch.channels_last)  # faster on CPU
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    run = restore_run(ckpt, model, ema, opt, device, out)  # epochs done, losses; weights if continuing
-    step, new_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1  # step: optimizer steps so far
+    run = restore_run(ckpt, model, ema, opt, device, out)  # epochs, losses (and weights) so far
+    step = len(run["loss_history"])  # optimizer steps so far
+    new_s, first = 0.0, run["epoch"] + 1
     for epoch in range(first, cfg.epochs + 1):
         losses = []  # this epoch's, kept on the device: no host sync per step
         with EpochLog(epoch, cfg.epochs, len(x_all), losses, run["epoch"]) as log:
@@ -308,20 +312,21 @@ def train_schedule(sched, ckpt, x_all, cfg, device, out, train_s):
         run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
         run["epoch"], new_s = epoch, new_s + log.seconds
         save_run(run, model, ema, opt, cfg, device, os.path.join(out, "ckpt.pt"), SCRIPT)
-        save_atomic({"epoch": epoch, "train_s": train_s + new_s}, os.path.join(out, "result.pt"))  # not sampled yet
+        save_atomic({"epoch": epoch, "train_s": train_s + new_s}, os.path.join(out, "result.pt"))
     if first <= cfg.epochs:
         n = cfg.epochs - first + 1
         print(f"{cfg.schedule}: train: {new_s / n:.1f} s/epoch, {n * len(x_all) / new_s:.0f} img/s")
     return ema, run, train_s + new_s
 
 def run_schedule(name, sched, ckpt, x_all, x_T, args, device):
-    """Train (or continue) one schedule, then sample x_T with its EMA weights, unless NAME/result.pt holds samples made
-    with every one of the same flags. Returns its table row and the grid of samples.png."""
+    """Train (or continue) one schedule, then sample x_T with its EMA weights, unless NAME/result.pt
+    holds samples made with every one of the same flags. Returns its table row and its grid."""
     out = os.path.join(args.out_dir, name)
-    cfg = argparse.Namespace(**vars(args), schedule=name)             # NAME/ckpt.pt's config, as ddpm_time.py's
-    stored = load_result(os.path.join(out, "result.pt")) if ckpt is not None else {}  # seconds trained, last samples
-    ema, run, train_s = train_schedule(sched, ckpt, x_all, cfg, device, out, stored.get("train_s", 0.0))
-    flags = {**{k: getattr(args, k) for k in RESULT_KEYS}, "epoch": run["epoch"]}  # all the samples depend on
+    cfg = argparse.Namespace(**vars(args), schedule=name)  # NAME/ckpt.pt's config: ddpm_time.py's
+    stored = load_result(os.path.join(out, "result.pt")) if ckpt is not None else {}
+    train_s = stored.get("train_s", 0.0)
+    ema, run, train_s = train_schedule(sched, ckpt, x_all, cfg, device, out, train_s)
+    flags = {**{k: getattr(args, k) for k in RESULT_KEYS}, "epoch": run["epoch"]}  # the samples'
     samples_path = os.path.join(out, "samples.pt")
     if stored.get("flags") == flags and (args.n_samples == 0 or os.path.exists(samples_path)):
         print(f"{name}: finished earlier, not retrained")
@@ -332,76 +337,75 @@ def run_schedule(name, sched, ckpt, x_all, x_T, args, device):
                     for x in x_T.split(SAMPLE_BATCH)])                # (len(x_T), 1, 28, 28), SAMPLE_BATCH at a time
     sample_s = time.time() - t0
     if args.n_samples:
-        save_atomic({"x": x0[:args.n_samples].clamp(0, 1), "y": None, "config": vars(cfg), "epoch": run["epoch"]},
-                    samples_path)  # the first N digits, for evaluate.py
-    steps_per_epoch = math.ceil(len(x_all) / args.batch_size)         # optimizer steps per epoch
-    row = {"schedule": name, "final_loss": run["loss_history"][-steps_per_epoch:].mean().item(), "train_s": train_s,
+        save_atomic({"x": x0[:args.n_samples].clamp(0, 1), "y": None, "config": vars(cfg),
+                     "epoch": run["epoch"]}, samples_path)  # the first N digits, for evaluate.py
+    last_epoch = run["loss_history"][-math.ceil(len(x_all) / args.batch_size):]  # its steps
+    row = {"schedule": name, "final_loss": last_epoch.mean().item(), "train_s": train_s,
            "sample_s": sample_s, "sqrt_alpha_bar_T": sched["alpha_bar"][-1].sqrt().item(),
-           "sample_ink": x0[:args.n_samples or GRID].clamp(0, 1).mean().item()}  # samples.pt's digits (or the grid)
-    grid = to_uint8(x0[:GRID])                                         # the first GRID digits: samples.png
-    save_atomic({"epoch": run["epoch"], "train_s": train_s, "flags": flags, "row": row, "grid": grid},
-                os.path.join(out, "result.pt"))
+           "sample_ink": x0[:args.n_samples or GRID].clamp(0, 1).mean().item()}  # samples.pt's
+    grid = to_uint8(x0[:GRID])  # the first GRID digits: samples.png
+    save_atomic({"epoch": run["epoch"], "train_s": train_s, "flags": flags, "row": row,
+                 "grid": grid}, os.path.join(out, "result.pt"))
     print(f"{name}: {len(x0)} digits sampled ({args.sampler}) in {sample_s:.1f} s")
     return row, grid
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
-    # setup: flags, device, a folder per schedule (and, to continue, their checkpoints), data, schedules
+    # setup: flags, device, a folder per schedule, data, schedules
     args, given = get_args(argv)
     device = pick_device(args.device)
-    ckpts = open_runs(args, given)                                    # the flags not given take the stored values
+    ckpts = open_runs(args, given)  # the flags not given: the stored ones
     print(vars(args))
-    x_all = load_mnist(args.data_dir, limit=args.limit, device=device)[0]  # all on the device, in [0, 1]
-    scheds = {name: make_schedule(args.T, name, device) for name in args.schedules}
-    print(f"device {device}  threads {torch.get_num_threads()}  T={args.T}  training on {len(x_all)} digits  "
-          + "  ".join(f"{n}: sqrt(alpha_bar_T) = {s['alpha_bar'][-1].sqrt().item():.4f}" for n, s in scheds.items()))
-    # the same starting noise for every schedule, from its own generator (the training RNG is untouched)
-    x_T = torch.randn(max(GRID, args.n_samples), 1, 28, 28, generator=torch.Generator().manual_seed(args.seed + 1))
+    x_all = load_mnist(args.data_dir, limit=args.limit, device=device)[0]
+    scheds = {n: make_schedule(args.T, n, device) for n in args.schedules}
+    print(f"device {device}  threads {torch.get_num_threads()}  T={args.T}  "
+          f"training on {len(x_all)} digits")
+    # the same x_T for all, from its own generator (not the training RNG)
+    x_T_gen = torch.Generator().manual_seed(args.seed + 1)
+    x_T = torch.randn(max(GRID, args.n_samples), 1, 28, 28, generator=x_T_gen)
 
-    # train each schedule in turn (the same seed for each), then sample it from the same x_T and z
-    runs = {name: run_schedule(name, scheds[name], ckpts.get(name), x_all, x_T, args, device)
-            for name in args.schedules}
+    # train each schedule in turn (the same seed), sample it (the same x_T, z)
+    runs = {n: run_schedule(n, scheds[n], ckpts.get(n), x_all, x_T, args, device)
+            for n in args.schedules}
 
-    # figures: the schedules, one digit's forward process, the grids side by side (a white column after each)
-    cpu_scheds = {name: make_schedule(args.T, name, "cpu") for name in args.schedules}  # float64 statistics: CPU
-    x_stats = x_all[:N_STATS].cpu()                                   # the first N_STATS training digits
-    plot_schedules(cpu_scheds, os.path.join(args.out_dir, "schedules.png"))
-    plot_forward(x_stats[:1], cpu_scheds, args.T, args.seed + 4, os.path.join(args.out_dir, "forward.png"))  # digit 1
-    blank = torch.full((GRID // 8, 1, 1, 28, 28), 255, dtype=torch.uint8)  # rows of 8 digits, then a white one
-    grids = torch.cat([torch.cat([grid.view(-1, 8, 1, 28, 28), blank], 1) for _, grid in runs.values()], 1)  # (8, 9 S)
-    label = f"{args.sampler.upper()} {len(timesteps(args.sampler, args.T, args.steps)) - 1} steps"
-    save_grid(grids[:, :-1].flatten(0, 1) / 255, os.path.join(args.out_dir, "samples.png"), 9 * len(runs) - 1,
-              f"EMA samples, {label}, the same x_T and z for every schedule", None,
-              [name if c == 4 else "" for name in runs for c in range(9)][:-1])
+    # figures: the schedules, one digit's forward process, the samples
+    png = {f: os.path.join(args.out_dir, f"{f}.png") for f in ("schedules", "forward", "samples")}
+    cpu_scheds = {n: make_schedule(args.T, n, "cpu") for n in args.schedules}  # float64
+    x_stats = x_all[:N_STATS].cpu()  # the first N_STATS training digits
+    plot_schedules(cpu_scheds, png["schedules"])
+    plot_forward(x_stats[:1], cpu_scheds, args.T, args.seed + 4, png["forward"])
+    plot_samples(runs, args, png["samples"])
 
-    # results: the table and the flags that made it, in results.json and on the screen
-    rows = [{**row, **start_gap(x_stats, cpu_scheds[name]["alpha_bar"][-1])} for name, (row, _) in runs.items()]
+    # results: the table and the flags that made it, in results.json and on screen
+    rows = [{**row, **start_gap(x_stats, cpu_scheds[n]["alpha_bar"][-1])}
+            for n, (row, _) in runs.items()]
     data_ink = x_all.mean().item()
     save_json_atomic({"config": vars(args), "rows": rows, "data_ink": data_ink},
                      os.path.join(args.out_dir, "results.json"))
     print_comparison(rows, data_ink)
     print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
-    show(*[os.path.join(args.out_dir, f) for f in ('schedules.png', 'forward.png', 'samples.png')
-           if os.path.exists(os.path.join(args.out_dir, f))])  # in a notebook: below the cell
+    show(*png.values())  # in a notebook: below the cell
 # --- this script's bookkeeping: a folder per schedule, resume, results.json --------------------
 def open_runs(args, given):
-    """A subfolder of --out-dir per schedule; a finished comparison there needs --resume. With --resume, open_run
-    reads the ckpt.pt of each schedule that has one: the flags not given take its values, which every schedule must
-    share (only the schedule may differ), and all train as far as the furthest one. Returns {name: checkpoint}."""
-    if not args.resume and any(os.path.exists(os.path.join(args.out_dir, n, "ckpt.pt")) for n in args.schedules):
-        die(f"{args.out_dir} holds a comparison: pass --resume to continue it, or another --out-dir")
-    ckpts, epochs = {}, []                                            # epochs: each checkpoint's --epochs
+    """A subfolder of --out-dir per schedule; one holding a comparison needs --resume. Then open_run
+    reads each schedule's ckpt.pt: the flags not given take its values, the same in every one (only
+    the schedule may differ), and all train as far as the furthest. Returns {name: checkpoint}."""
+    ckpt_paths = [os.path.join(args.out_dir, n, "ckpt.pt") for n in args.schedules]
+    if not args.resume and any(os.path.exists(p) for p in ckpt_paths):
+        die(f"{args.out_dir} holds a comparison: pass --resume to go on, or another --out-dir")
+    ckpts, epochs = {}, []  # epochs: each checkpoint's --epochs
     for name in args.schedules:
         out = os.path.join(args.out_dir, name)
-        run_args = argparse.Namespace(**{**vars(args), "out_dir": out, "ckpt": "", "sample_only": False,
-                                         "resume": args.resume and os.path.exists(os.path.join(out, "ckpt.pt"))})
-        path, ckpt = open_run(run_args, given, SCRIPT, TRAIN_KEYS)   # run_args takes the stored flags
+        resume = args.resume and os.path.exists(os.path.join(out, "ckpt.pt"))
+        run_args = argparse.Namespace(**{**vars(args), "out_dir": out, "ckpt": "",
+                                         "sample_only": False, "resume": resume})
+        path, ckpt = open_run(run_args, given, SCRIPT, TRAIN_KEYS)  # run_args: the stored flags
         if ckpt is None:
             continue
         for k in TRAIN_KEYS:
             if ckpts and getattr(run_args, k) != getattr(args, k):
                 flag = "--" + k.replace("_", "-")
-                die(f"{path} was trained with {flag} {getattr(run_args, k)}, the other schedules with {flag} "
-                    f"{getattr(args, k)}: only the schedule may differ; use another --out-dir")
+                die(f"{path} was trained with {flag} {getattr(run_args, k)}, the others with "
+                    f"{flag} {getattr(args, k)}: only the schedule may differ (or --out-dir)")
             setattr(args, k, getattr(run_args, k))
         ckpts[name] = ckpt
         epochs.append(run_args.epochs)
@@ -410,7 +414,7 @@ def open_runs(args, given):
     return ckpts
 
 def load_result(path):
-    """NAME/result.pt: the seconds trained and, once sampled, the grid, row and flags; {} if missing or unreadable."""
+    """NAME/result.pt: seconds trained and, once sampled, grid, row, flags; {} if unreadable."""
     try:
         return torch.load(path, weights_only=True)
     except Exception:  # nothing to reuse: the schedule is sampled again
@@ -432,23 +436,35 @@ def plot_schedules(scheds, path):
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 def plot_forward(x0, scheds, T, seed, path):
-    """One digit x0 (1, 1, 28, 28) at the same FORWARD_COLS t in 0..T under each schedule (a row each), the same eps."""
+    """One digit x0 (1, 1, 28, 28), the same eps, at FORWARD_COLS t in 0..T: a row per schedule."""
     ts = torch.linspace(0, T, FORWARD_COLS).round().long()          # the same t for every schedule
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     x_t = torch.cat([q_sample(x0.expand(len(ts), -1, -1, -1), ts, eps, s) for s in scheds.values()])
-    save_grid(x_t, path, len(ts), "q(x_t | x_0): one digit and eps under each schedule", list(scheds),
-              [f"t={t}" for t in ts.tolist()])
+    save_grid(x_t, path, len(ts), "q(x_t | x_0): one digit and eps under each schedule",
+              list(scheds), [f"t={t}" for t in ts.tolist()])
+
+def plot_samples(runs, args, path):
+    """runs' grids (64, 1, 28, 28) uint8 side by side, 8 by 8, with a white column between."""
+    blank = torch.full((GRID // 8, 1, 1, 28, 28), 255, dtype=torch.uint8)  # a white digit a row
+    blocks = [torch.cat([grid.view(-1, 8, 1, 28, 28), blank], 1) for _, grid in runs.values()]
+    grid = torch.cat(blocks, 1)[:, :-1]  # (8, 9 S - 1, ...): no white column at the end
+    n_steps = len(timesteps(args.sampler, args.T, args.steps)) - 1
+    col_labels = [name if c == 4 else "" for name in runs for c in range(9)][:-1]  # centred
+    save_grid(grid.flatten(0, 1) / 255, path, 9 * len(runs) - 1,
+              f"EMA samples, {args.sampler.upper()} {n_steps} steps, the same x_T and z "
+              "for every schedule", None, col_labels)
 
 def print_comparison(rows, data_ink):
     """The table: a row per schedule, then pure noise and the data for reference."""
     print(f"\n{'schedule':10s}{'final loss':>11s}{'train s':>9s}{'sample s':>9s}{'sqrt(ab_T)':>11s}"
           f"{'L_T nats':>10s}{'x_T.m':>8s}{'ink':>7s}")
     for r in rows:
-        print(f"{r['schedule']:10s}{r['final_loss']:11.4f}{r['train_s']:9.0f}{r['sample_s']:9.0f}"
-              f"{r['sqrt_alpha_bar_T']:11.4f}{r['prior_kl']:10.2f}{r['xT_proj']:8.2f}{r['sample_ink']:7.3f}")
+        print(f"{r['schedule']:10s}{r['final_loss']:11.4f}{r['train_s']:9.0f}"
+              f"{r['sample_s']:9.0f}{r['sqrt_alpha_bar_T']:11.4f}{r['prior_kl']:10.2f}"
+              f"{r['xT_proj']:8.2f}{r['sample_ink']:7.3f}")
     print(f"{'N(0, I) / data':50s}{0:10.2f}{0:8.2f}{data_ink:7.3f}")
-    print("final loss: of the last epoch (not comparable across schedules). L_T: KL(q(x_T|x_0) || N(0,I)), nats per "
-          "digit. x_T.m: training's x_T along the unit mean digit (sampling's: 0 +- 1). ink: mean pixel (data: digits)")
+    print("final loss: the last epoch's (schedules not comparable). L_T: KL(q(x_T|x_0) || N(0,I)) "
+          "per digit. x_T.m: x_T along the unit mean digit (sampling's: 0 +- 1). ink: mean pixel")
 
 # =================================================================================================
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.

@@ -1,37 +1,37 @@
 r"""One-step denoiser on MNIST: a UNet maps a noisy digit z = x + sigma eps back to x (sigma = 0.5).
 
-UC Berkeley CS180 Project 5B, "Diffusion Models from Scratch", part 1: before diffusion, one network removes one
-fixed level of Gaussian noise in one step; then see what it does at levels it never saw, in PSNR. --pure-noise is
-part 1.2.3 (Fall 2025): the same network and loss, pure noise in. https://cal-cs180.github.io/fa25/hw/proj5/partb.html
+UC Berkeley CS180 Project 5B, "Diffusion Models from Scratch", part 1: one network removes one
+fixed level of Gaussian noise in one step; then, in PSNR, what it does at levels it never saw.
+--pure-noise is part 1.2.3 (Fall 2025): the same network and loss, pure noise in.
+https://cal-cs180.github.io/fa25/hw/proj5/partb.html
 
-    python denoise_single_step.py                                # 5 epochs, D = 32: train, figures, PSNR
-    python denoise_single_step.py --data-dir ~/mnist --resume    # MNIST already on disk; continue a killed run
-    python denoise_single_step.py --ckpt pretrained/denoise_single_step.pt   # figures and PSNR, shipped weights
-    python denoise_single_step.py --pure-noise                   # "denoise" pure noise: outputs -> the mean digit
-    python denoise_single_step.py --D 128 --epochs 5 --batch-size 256 --lr 1e-4   # the CS180 spec exactly
+    python denoise_single_step.py                              # D = 32, 5 epochs: train, plot, PSNR
+    python denoise_single_step.py --data-dir ~/mnist --resume  # MNIST on disk; go on after a kill
+    python denoise_single_step.py --ckpt pretrained/denoise_single_step.pt  # the shipped weights
+    python denoise_single_step.py --pure-noise                 # outputs -> the mean digit
+    python denoise_single_step.py --D 128 --epochs 5 --batch-size 256 --lr 1e-4  # the CS180 spec
 
-Math (x a clean digit, eps ~ N(0, I) of the same shape, sigma a fixed noise level):
+Math (x a clean digit, eps ~ N(0, I) of its shape, sigma a fixed noise level):
     add_noise     z = x + sigma eps, not clipped (sigma = --sigma = 0.5 in training)
-    denoise_loss  || D_theta(z) - x ||^2, the mean over pixels and batch; its minimiser is D(z) = E[x | z], the
-                  posterior mean: blurry where several digits fit z.
-    --pure-noise  z = eps tells nothing about x, so E[x | z] = E[x]: the outputs approach the mean training digit.
-    psnr          10 log10(1 / MSE) dB, MSE over the 784 pixels of ONE image (peak 1); reported as the mean
-                  over the test digits. rms_distance: the same per-image RMS of (a - b), mean over images.
-Conventions:
-    pixels: uint8 0..255 -> x = p / 255 in [0, 1] (load_mnist, as in the DDPM scripts). The denoised output
-    is clipped to [0, 1] for PSNR, distances and plots; the noisy input's PSNR uses the unclipped z (so it is
-    about -20 log10 sigma: 6.0 dB at 0.5); plots show z clipped. Training draws a fresh eps for every batch;
-    figures and scores use fixed noise (generator seed + 1), one eps per test digit scaled by each sigma.
-Model: the course's UNet (Conv = 3x3 conv + BatchNorm + GELU), width D (its cost: RESULTS.md), concatenated skips:
+    denoise_loss  || D_theta(z) - x ||^2, mean over pixels and batch; its minimiser D(z) = E[x | z],
+                  the posterior mean, is blurry where several digits fit z.
+    --pure-noise  z = eps tells nothing about x: E[x | z] = E[x], the outputs near the mean digit.
+    psnr          10 log10(1 / MSE) dB, MSE over the 784 pixels of ONE image (peak 1), reported as
+                  the mean over test digits. rms_distance: the RMS of (a - b), likewise.
+Conventions: pixels p in 0..255 -> x = p / 255 in [0, 1] (load_mnist). The output is clipped to
+    [0, 1] for PSNR, distances and plots; the noisy input's PSNR uses the unclipped z (about
+    -20 log10 sigma); plots show z clipped. Training draws a fresh eps for every batch; figures and
+    scores use fixed noise (generator seed + 1), one eps per test digit, scaled by each sigma.
+Model: the course's UNet (Conv = 3x3 conv + BatchNorm + GELU), width D, concatenated skips:
     28x28 ConvBlock(1, D) -> 14x14 DownBlock(D, D) -> 7x7 DownBlock(D, 2D) -> Flatten (1x1)
     -> Unflatten(2D, 2D) -> UpBlock(4D, D) -> UpBlock(2D, D) -> ConvBlock(2D, D) -> Conv2d(D, 1).
-Writes to --out-dir (default runs/denoise_single_step): ckpt.pt (every epoch, atomically), noising.png, loss.png,
-    denoised_epoch001.png and denoised_final.png (rows: clean, noisy, denoised), ood.png (every sigma), psnr.png
-    and psnr.json (PSNR against sigma, and the flags). --pure-noise (default runs/denoise_pure_noise): ckpt.pt,
-    loss.png, pure_noise_epoch001.png, _epoch005.png and _final.png (rows: z, D(z), the mean digit) and pure_noise.json.
-What you can delete for an assignment: the plumbing tail keeps runs safe, not the method. Without --resume and
-    --eval-only drop open_denoiser_run, restore_denoiser and the RNG state; without --pure-noise its branch in
-    denoise_loss and the pure_noise helpers; with the four IDX files in one folder the Kaggle layouts.
+Writes to --out-dir (default runs/denoise_single_step): ckpt.pt (each epoch), noising.png, loss.png,
+    denoised_epoch001.png, denoised_final.png (clean, noisy, denoised), ood.png (every sigma),
+    psnr.png, psnr.json (PSNR against sigma; the flags). --pure-noise (runs/denoise_pure_noise):
+    ckpt.pt, loss.png, pure_noise_epoch001.png, _epoch005, _final (z, D(z), mean), pure_noise.json.
+What you can delete for an assignment: without --resume and --eval-only, open_denoiser_run,
+    restore_denoiser and the RNG state; without --pure-noise its branch in denoise_loss and the
+    pure_noise helpers. The plumbing tail keeps runs safe, not the method.
 """
 import argparse
 import json
@@ -49,11 +49,11 @@ from matplotlib.figure import Figure  # writes files, and leaves a notebook's py
 from tqdm import tqdm
 
 SCRIPT = "denoise_single_step"
-SIGMAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)  # noise levels of noising.png, ood.png and the PSNR sweep
+SIGMAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)  # noising.png's, ood.png's and the PSNR sweep's levels
 SIGMA_LABELS = [f"sigma={s}" for s in SIGMAS]   # the rows of noising.png and ood.png
-FIGURE_EPOCHS = (1,)                            # denoised_epochNNN.png after these epochs (and _final after the last)
-PURE_FIGURE_EPOCHS = (1, 5)                     # --pure-noise: pure_noise_epochNNN.png after these epochs (and _final)
-N_PURE = 1000                                   # --pure-noise: fixed noise images whose outputs are measured
+FIGURE_EPOCHS = (1,)                            # denoised_epochNNN.png after these
+PURE_FIGURE_EPOCHS = (1, 5)                     # --pure-noise: pure_noise_epochNNN.png after these
+N_PURE = 1000                                   # --pure-noise: noise images scored
 TRAIN_KEYS = ("limit", "D", "sigma", "pure_noise", "batch_size", "lr", "seed")
 # --- shared: flags ---
 def number(kind, lo, hi=math.inf, lo_included=True):
@@ -83,38 +83,43 @@ def parse_flags(ap, argv):
     return args, {k for k, v in vars(again).items() if v is not unset}
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
-    ap = argparse.ArgumentParser(description="One-step denoiser (UNet, L2) on MNIST at a fixed sigma, or of pure noise")
+    ap = argparse.ArgumentParser(description="One-step denoiser (UNet, L2), MNIST, fixed sigma")
+    count, whole, positive = number(int, 1), number(int, 0), number(float, 0, lo_included=False)
     g = ap.add_argument_group("data")
     g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
-    g.add_argument("--limit", type=number(int, 0), default=0, help="train on the first N digits only (0: all)")
+    g.add_argument("--limit", type=whole, default=0, help="train on the first N digits (0: all)")
     g = ap.add_argument_group("model")
-    g.add_argument("--D", type=number(int, 1), default=32, help="UNet hidden width (the spec's is 128)")
+    g.add_argument("--D", type=count, default=32, help="UNet hidden width (the spec's is 128)")
     g = ap.add_argument_group("noise")
-    g.add_argument("--sigma", type=number(float, 0, lo_included=False), default=0.5,
+    g.add_argument("--sigma", type=positive, default=0.5,
                    help="noise level of training: z = x + sigma eps")
-    g.add_argument("--pure-noise", action="store_true", help="train on z = eps, no digit in the input (part 1.2.3)")
+    g.add_argument("--pure-noise", action="store_true",
+                   help="train on z = eps, no digit in the input (part 1.2.3)")
     g = ap.add_argument_group("training")
-    g.add_argument("--epochs", type=number(int, 0), default=5, help="passes over the 60,000 training digits")
-    g.add_argument("--batch-size", type=number(int, 1), default=256, help="digits per optimizer step")
-    g.add_argument("--lr", type=number(float, 0, lo_included=False), default=1e-3,
+    g.add_argument("--epochs", type=whole, default=5, help="passes over the 60,000 training digits")
+    g.add_argument("--batch-size", type=count, default=256, help="digits per optimizer step")
+    g.add_argument("--lr", type=positive, default=1e-3,
                    help="Adam learning rate (the spec's 1e-4 is for D = 128)")
     g = ap.add_argument_group("evaluation")
-    g.add_argument("--n-test", type=number(int, 0), default=0, help="PSNR on the first N test digits (0: all 10,000)")
+    g.add_argument("--n-test", type=whole, default=0,
+                   help="PSNR on the first N test digits (0: all 10,000)")
     g.add_argument("--eval-only", "--sample-only", dest="eval_only", action="store_true",
                    help="load ckpt.pt, make the figures and scores, no training")
-    g.add_argument("--ckpt", default="", help="evaluate these weights instead of OUT_DIR/ckpt.pt (a file in "
-                                              "pretrained/ or another run's ckpt.pt); implies --eval-only")
+    g.add_argument("--ckpt", default="", help="evaluate these weights instead of OUT_DIR/ckpt.pt "
+                   "(a file in pretrained/ or another run's ckpt.pt); implies --eval-only")
     g = ap.add_argument_group("run")
-    g.add_argument("--out-dir", default=None,
-                   help=f"checkpoint, plots and scores go here (default runs/{SCRIPT}, runs/denoise_pure_noise)")
+    g.add_argument("--out-dir", default=None, help="checkpoint, plots and scores go here "
+                   f"(default runs/{SCRIPT}, runs/denoise_pure_noise)")
     g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
-    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run (on the same device)")
-    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
-    args, given = parse_flags(ap, argv)  # given: the flags on the command line, which --resume checks
+    g.add_argument("--seed", type=whole, default=0, help="same seed, same run (on the same device)")
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or cpu, cuda, mps")
+    args, given = parse_flags(ap, argv)  # given: the flags on the command line, for --resume
     if args.ckpt and args.resume:
-        ap.error("--ckpt is for evaluating (it implies --eval-only); --resume continues OUT_DIR/ckpt.pt")
+        ap.error("--ckpt is for evaluating (it implies --eval-only); "
+                 "--resume continues OUT_DIR/ckpt.pt")
     args.eval_only = args.eval_only or bool(args.ckpt)
-    args.out_dir = args.out_dir or ("runs/denoise_pure_noise" if args.pure_noise else f"runs/{SCRIPT}")
+    pure_dir = "runs/denoise_pure_noise"
+    args.out_dir = args.out_dir or (pure_dir if args.pure_noise else f"runs/{SCRIPT}")
     return args, given
 # --- noise ---------------------------------------------------------------------------------------
 def add_noise(x, sigma, eps):
@@ -128,13 +133,15 @@ def DownConv(c_in, c_out):   # 3x3 conv with stride 2: H -> H / 2
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 2, 1), nn.BatchNorm2d(c_out), nn.GELU())
 
 def UpConv(c_in, c_out):     # 4x4 transposed conv with stride 2: H -> 2 H
-    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.GELU())
+    up = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+    return nn.Sequential(up, nn.BatchNorm2d(c_out), nn.GELU())
 
 def Flatten():               # 7x7 average pool: 7x7 -> 1x1
     return nn.Sequential(nn.AvgPool2d(7), nn.GELU())
 
 def Unflatten(c_in, c_out):  # 7x7 transposed conv with stride 7: 1x1 -> 7x7
-    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 7, 7, 0), nn.BatchNorm2d(c_out), nn.GELU())
+    up = nn.ConvTranspose2d(c_in, c_out, 7, 7, 0)
+    return nn.Sequential(up, nn.BatchNorm2d(c_out), nn.GELU())
 
 def ConvBlock(c_in, c_out):  # two Convs
     return nn.Sequential(Conv(c_in, c_out), Conv(c_out, c_out))
@@ -155,30 +162,30 @@ class UnconditionalUNet(nn.Module):
         self.up1, self.up2 = UpBlock(4 * D, D), UpBlock(2 * D, D)
         self.out = nn.Sequential(ConvBlock(2 * D, D), nn.Conv2d(D, 1, 3, 1, 1))
 
-    def forward(self, z):                                 # z (B, 1, 28, 28)
-        h1 = self.inp(z)                                  # (B, D, 28, 28)
-        h2 = self.down1(h1)                               # (B, D, 14, 14)
-        h3 = self.down2(h2)                               # (B, 2D, 7, 7)
-        h = self.unflatten(self.flatten(h3))              # (B, 2D, 1, 1) -> (B, 2D, 7, 7)
-        h = self.up1(torch.cat([h, h3], 1))               # (B, 4D, 7, 7) -> (B, D, 14, 14)
-        h = self.up2(torch.cat([h, h2], 1))               # (B, 2D, 14, 14) -> (B, D, 28, 28)
-        return self.out(torch.cat([h, h1], 1))            # (B, 2D, 28, 28) -> (B, 1, 28, 28): x estimate
+    def forward(self, z):                      # z (B, 1, 28, 28)
+        h1 = self.inp(z)                       # (B, D, 28, 28)
+        h2 = self.down1(h1)                    # (B, D, 14, 14)
+        h3 = self.down2(h2)                    # (B, 2D, 7, 7)
+        h = self.unflatten(self.flatten(h3))   # (B, 2D, 1, 1) -> (B, 2D, 7, 7)
+        h = self.up1(torch.cat([h, h3], 1))    # (B, 4D, 7, 7) -> (B, D, 14, 14)
+        h = self.up2(torch.cat([h, h2], 1))    # (B, 2D, 14, 14) -> (B, D, 28, 28)
+        return self.out(torch.cat([h, h1], 1))  # (B, 2D, 28, 28) -> (B, 1, 28, 28): x's estimate
 # --- training step -------------------------------------------------------------------------------
 def denoise_loss(model, x, sigma, pure_noise):
-    """|| D_theta(z) - x ||^2, the mean over pixels and batch, for digits x (B, 1, 28, 28) in [0, 1]:
-    z = x + sigma eps, or z = eps with pure_noise. A fresh eps every time a batch is drawn."""
+    """|| D_theta(z) - x ||^2, the mean over pixels and batch, for digits x (B, 1, 28, 28) in
+    [0, 1]: z = x + sigma eps, or z = eps with pure_noise. A fresh eps for every batch."""
     eps = torch.randn_like(x)
     z = eps if pure_noise else add_noise(x, sigma, eps)
     return F.mse_loss(model(z), x)
 # --- evaluation ----------------------------------------------------------------------------------
 @torch.no_grad()
 def denoise(model, z, batch=500):
-    """D_theta(z) clipped to [0, 1], in eval mode (BatchNorm uses its running statistics), on the CPU."""
+    """D_theta(z) clipped to [0, 1], on the CPU; in eval mode (BatchNorm's running statistics)."""
     device, was_training = next(model.parameters()).device, model.training
     model.eval()
-    out = torch.cat([model(z[i:i + batch].to(device)).clamp(0, 1).cpu() for i in range(0, len(z), batch)])
+    out = [model(z_b.to(device)).clamp(0, 1).cpu() for z_b in z.split(batch)]
     model.train(was_training)
-    return out
+    return torch.cat(out)
 
 def psnr(x_hat, x):
     """Per-image PSNR in dB, peak 1: 10 log10(1 / MSE), MSE over the pixels of each image. (N,)"""
@@ -194,79 +201,92 @@ def psnr_sweep(model, x, eps, sigmas):
     return rows
 
 def rms_distance(x, ref):
-    """Per-image RMS distance over the pixels: sqrt(mean (x - ref)^2), x (N, 1, 28, 28), ref broadcast. (N,)"""
+    """Per-image RMS distance sqrt(mean (x - ref)^2), x (N, 1, 28, 28), ref broadcast. (N,)"""
     return (x - ref).square().flatten(1).mean(1).sqrt()
 
 def psnr_probe(x_test, eps_test, labels, sigma):
-    """The fixed inputs of the default figures and PSNR: the test digits (N, 1, 28, 28) with one eps each,
-    and one digit of each class to show, noisy at the training sigma and at every sigma of SIGMAS."""
-    show = torch.tensor([int((labels == k).nonzero()[0]) for k in range(10) if (labels == k).any()])  # first of each
-    x, eps = x_test[show], eps_test[show]                             # (10, 1, 28, 28) each
+    """The fixed inputs of the default figures and PSNR: the test digits (N, 1, 28, 28), one eps
+    each, and a digit of each class to show, noisy at the training sigma and at each of SIGMAS."""
+    classes = [k for k in range(10) if (labels == k).any()]
+    show = torch.tensor([int((labels == k).nonzero()[0]) for k in classes])  # the first of each
+    x, eps = x_test[show], eps_test[show]  # (10, 1, 28, 28) each
+    noisy_rows = torch.stack([add_noise(x, s, eps) for s in SIGMAS])  # (len(SIGMAS), 10, ...)
     return {"x_test": x_test, "eps_test": eps_test, "x": x, "z": add_noise(x, sigma, eps),
-            "noisy_rows": torch.stack([add_noise(x, s, eps) for s in SIGMAS])}  # (len(SIGMAS), 10, 1, 28, 28)
+            "noisy_rows": noisy_rows}
 
 def pure_noise_probe(x_train, gen):
-    """The fixed inputs of --pure-noise: N_PURE noise images z ~ N(0, I), the mean training digit E[x]
-    (1, 1, 28, 28) that the outputs should approach, and the training digits' own distance to it."""
+    """The fixed inputs of --pure-noise: N_PURE noise images z ~ N(0, I), the mean training digit
+    E[x] (1, 1, 28, 28) that the outputs should approach, and the training digits' RMS to it."""
     mean = x_train.mean(0, keepdim=True)
     return {"z": torch.randn(N_PURE, 1, 28, 28, generator=gen), "mean": mean,
             "rms_train": rms_distance(x_train, mean).mean().item()}
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
-    # setup: flags and device; with --resume or --eval-only, the checkpoint (its flags are the run's)
+    # setup: flags, device; with --resume or --eval-only the checkpoint (its flags are the run's)
     args, given = get_args(argv)
     device = pick_device(args.device)
     ckpt_path, ckpt = open_denoiser_run(args, given)
     print(vars(args))
     torch.manual_seed(args.seed)  # after open_denoiser_run: the run's own seed
 
-    # the model D_theta(z) and Adam; when continuing, the weights, optimizer, RNG and losses put back
+    # the model D_theta(z) and Adam; to continue: weights, optimizer, RNG and losses put back
     task = "pure noise z = eps" if args.pure_noise else f"sigma {args.sigma}"
     print(f"device {device}  threads {torch.get_num_threads()}  {task}  D {args.D}")
-    model = UnconditionalUNet(args.D).to(device, memory_format=torch.channels_last)  # faster on CPU
+    model = UnconditionalUNet(args.D)
+    model = model.to(device, memory_format=torch.channels_last)  # faster on CPU
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    print(f"UNet {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, D = {args.D}")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"UNet {n_params / 1e6:.2f}M parameters, D = {args.D}")
     run = restore_denoiser(ckpt, model, opt, device, args.out_dir)
 
-    # fixed inputs of every figure and score, from their own generator: the training RNG stays untouched
+    # fixed inputs of every figure and score, from their own generator (not the training RNG)
     gen = torch.Generator().manual_seed(args.seed + 1)
     if args.pure_noise:  # noise images with no digit in them, and the mean training digit
         x_train = load_mnist(args.data_dir, train=True, limit=args.limit)[0]
         probe = pure_noise_probe(x_train, gen)
-    else:  # the test digits with one eps each, and ten of them (one per class) at every sigma
-        x_test, test_labels = load_mnist(args.data_dir, train=False)  # (10000, 1, 28, 28) in [0, 1]
-        probe = psnr_probe(x_test, torch.randn(x_test.shape, generator=gen), test_labels, args.sigma)
+    else:  # the test digits with an eps each, and ten (one per class) at every sigma
+        x_test, test_labels = load_mnist(args.data_dir, train=False)  # in [0, 1]
+        eps_test = torch.randn(x_test.shape, generator=gen)
+        probe = psnr_probe(x_test, eps_test, test_labels, args.sigma)
         plot_rows([probe["noisy_rows"]], os.path.join(args.out_dir, "noising.png"),
-                  f"{SCRIPT}: z = x + sigma eps, test digits, same eps (clipped)", SIGMA_LABELS)
+                  f"{SCRIPT}: z = x + sigma eps, test digits, same eps (clipped)",
+                  SIGMA_LABELS)
 
-    # train: the whole set on the device, shuffled batches (no DataLoader); a figure after the figure epochs,
-    # a checkpoint after every epoch. BatchNorm trains on batch statistics: denoise() puts the train mode back.
+    # train: all data on the device, shuffled batches (no DataLoader); a figure after
+    # FIGURE_EPOCHS, a checkpoint every epoch. BatchNorm trains on batch statistics:
+    # denoise() puts the train mode back.
     if not args.eval_only and run["epoch"] < args.epochs:
-        x_all = load_mnist(args.data_dir, train=True, limit=args.limit)[0].to(device)  # (N, 1, 28, 28) in [0, 1]
+        x_all = load_mnist(args.data_dir, train=True, limit=args.limit)[0]
+        x_all = x_all.to(device)  # (N, 1, 28, 28) in [0, 1]
         print(f"training on {len(x_all)} digits")
         train_s, first = 0.0, run["epoch"] + 1
+        figure_epochs = PURE_FIGURE_EPOCHS if args.pure_noise else FIGURE_EPOCHS
         for epoch in range(first, args.epochs + 1):
-            losses = []  # this epoch's, kept on the device: no host sync per step
+            losses = []  # this epoch's, on the device: no host sync per step
             with EpochLog(epoch, args.epochs, len(x_all), losses, run["epoch"]) as log:
-                for idx in torch.randperm(len(x_all), device=device).split(args.batch_size):
+                batches = torch.randperm(len(x_all), device=device).split(args.batch_size)
+                for idx in batches:
                     loss = denoise_loss(model, x_all[idx], args.sigma, args.pure_noise)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     losses.append(loss.detach())
                     log.step(len(idx))  # progress bar, NaN stop, Ctrl-C
-            run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
+            losses = torch.stack(losses).cpu()
+            run["loss_history"] = torch.cat([run["loss_history"], losses])
             run["epoch"], train_s = epoch, train_s + log.seconds
-            if epoch in (PURE_FIGURE_EPOCHS if args.pure_noise else FIGURE_EPOCHS):
+            if epoch in figure_epochs:
                 plot_epoch(model, probe, args, epoch, f"epoch{epoch:03d}")
             save_denoiser(run, model, opt, args, device, ckpt_path)
         n = args.epochs - first + 1
         print(f"train: {train_s / n:.1f} s/epoch, {n * len(x_all) / train_s:.0f} img/s")
     if run["epoch"]:
+        steps_per_epoch = len(run["loss_history"]) // run["epoch"]
         plot_loss_by_epoch(run["loss_history"], os.path.join(args.out_dir, "loss.png"),
-                           f"{SCRIPT}: training loss ({task}, D = {args.D})", len(run["loss_history"]) // run["epoch"])
+                           f"{SCRIPT}: training loss ({task}, D = {args.D})",
+                           steps_per_epoch)
 
-    # scores and final figures: the distance to the mean digit (--pure-noise), or PSNR against sigma
+    # scores and final figures: the distance to the mean digit, or PSNR against sigma
     t0 = time.time()
     plot_epoch(model, probe, args, run["epoch"], "final")
     if args.pure_noise:
@@ -274,51 +294,59 @@ def main(argv=None):
     else:
         report_psnr(model, probe, args, run["epoch"])
     print(f"eval: figures and scores in {time.time() - t0:.1f} s")
-    print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
-    show(*[os.path.join(args.out_dir, f) for f in sorted(os.listdir(args.out_dir))
-           if f.endswith("final.png") or f in ("loss.png", "ood.png", "psnr.png")])  # in a notebook
-# --- reports: scores printed, plotted and saved -----------------------------------------------------
+    outputs = sorted(os.listdir(args.out_dir))
+    print(f"outputs in {args.out_dir}/: " + ", ".join(outputs))
+    shown = [f for f in outputs  # in a notebook, below the cell
+             if f.endswith("final.png") or f in ("loss.png", "ood.png", "psnr.png")]
+    show(*[os.path.join(args.out_dir, f) for f in shown])
+# --- reports: scores printed, plotted and saved -------------------------------------------------
 def report_psnr(model, probe, args, epochs):
-    """ood.png (the ten digits denoised at every sigma), then PSNR against sigma on the first --n-test
-    test digits: printed, psnr.png and psnr.json."""
-    noisy_rows = probe["noisy_rows"]                                   # (len(SIGMAS), 10, 1, 28, 28)
-    plot_rows([noisy_rows, torch.stack([denoise(model, z) for z in noisy_rows])], os.path.join(args.out_dir, "ood.png"),
-              f"{SCRIPT}: trained at sigma = {args.sigma} only, applied at every sigma", SIGMA_LABELS,
-              ["noisy input z (clipped)", "denoised D(z)"])
-    x, eps = probe["x_test"][:args.n_test or None], probe["eps_test"][:args.n_test or None]  # the first --n-test
+    """ood.png (the ten digits denoised at every sigma), then PSNR against sigma on the first
+    --n-test test digits: printed, psnr.png and psnr.json."""
+    noisy_rows = probe["noisy_rows"]  # (len(SIGMAS), 10, 1, 28, 28)
+    denoised_rows = torch.stack([denoise(model, z) for z in noisy_rows])
+    plot_rows([noisy_rows, denoised_rows], os.path.join(args.out_dir, "ood.png"),
+              f"{SCRIPT}: trained at sigma = {args.sigma} only, applied at every sigma",
+              SIGMA_LABELS, ["noisy input z (clipped)", "denoised D(z)"])
+    n = args.n_test or None  # the first --n-test digits (0: all)
+    x, eps = probe["x_test"][:n], probe["eps_test"][:n]
     n = len(x)
     rows = psnr_sweep(model, x, eps, SIGMAS)
-    black = psnr(torch.zeros_like(x), x).mean().item()                # a baseline that needs no model
+    black = psnr(torch.zeros_like(x), x).mean().item()  # a baseline that needs no model
     print(f"PSNR on {n} test digits (dB, mean of per-image PSNR; denoised clipped to [0, 1]):")
     print(" sigma   noisy z   denoised    gain")
     for s, p_noisy, p_den in rows:
         gain = f"{p_den - p_noisy:+7.2f}" if math.isfinite(p_noisy) else "      -"
-        print(f"{s:6.2f} {p_noisy:9.2f} {p_den:10.2f} {gain}" + ("   <- training sigma" if s == args.sigma else ""))
+        mark = "   <- training sigma" if s == args.sigma else ""
+        print(f"{s:6.2f} {p_noisy:9.2f} {p_den:10.2f} {gain}{mark}")
     print(f"for scale: an all-black output scores {black:.2f} dB on the same digits")
     plot_psnr(rows, os.path.join(args.out_dir, "psnr.png"),
               f"{SCRIPT}: {n} test digits, trained at sigma = {args.sigma}", args.sigma, black)
+    table = [{"sigma": s, "psnr_noisy": p if math.isfinite(p) else None, "psnr_denoised": d}
+             for s, p, d in rows]
+    definition = ("mean over test digits of 10 log10(1 / MSE), MSE over one image's pixels, "
+                  "denoised clipped to [0, 1], noisy not clipped; null = infinite")
     save_json_atomic({"n_test": n, "sigma_train": args.sigma, "D": args.D, "epochs": epochs,
-                      "definition": "mean over test digits of 10 log10(1 / MSE), MSE over one image's pixels, "
-                                    "denoised clipped to [0, 1], noisy not clipped; null = infinite",
-                      "psnr_all_black": black,
-                      "rows": [{"sigma": s, "psnr_noisy": p if math.isfinite(p) else None, "psnr_denoised": d}
-                               for s, p, d in rows],
+                      "definition": definition, "psnr_all_black": black, "rows": table,
                       "config": vars(args)}, os.path.join(args.out_dir, "psnr.json"))
 
 def report_pure_noise(model, probe, args, epochs):
-    """How close D(z) of the N_PURE fixed noise images comes to the mean training digit, next to how far
-    the training digits themselves are from it: printed and pure_noise.json."""
+    """How close D(z) of the N_PURE fixed noise images comes to the mean training digit, next to
+    how far the training digits themselves are from it: printed and pure_noise.json."""
     rms_out = rms_distance(denoise(model, probe["z"]), probe["mean"]).mean().item()
-    print(f"pure noise: the outputs D(z) of {len(probe['z'])} noise images are {rms_out:.4f} RMS from the mean "
-          f"training digit; the training digits are {probe['rms_train']:.4f} from it (for scale)")
+    print(f"pure noise: the outputs D(z) of {len(probe['z'])} noise images are {rms_out:.4f} RMS "
+          f"from the mean training digit; the training digits are {probe['rms_train']:.4f} "
+          "from it (for scale)")
+    definition = "per-image RMS over the 784 pixels, mean over images; outputs clipped to [0, 1]"
     save_json_atomic({"n_inputs": len(probe["z"]), "D": args.D, "epochs": epochs,
-                      "definition": "per-image RMS over the 784 pixels, mean over images; outputs clipped to [0, 1]",
-                      "rms_outputs_to_mean_digit": rms_out, "rms_train_digits_to_mean_digit": probe["rms_train"],
+                      "definition": definition, "rms_outputs_to_mean_digit": rms_out,
+                      "rms_train_digits_to_mean_digit": probe["rms_train"],
                       "config": vars(args)}, os.path.join(args.out_dir, "pure_noise.json"))
-# --- checkpoints: the shared open_run, restore_run and save_run, for a run with no EMA and --eval-only ---
+# --- checkpoints: the shared open_run, restore_run, save_run for a run with no EMA, --eval-only ---
 def open_denoiser_run(args, given):
-    """ckpt.pt's path, and for --resume or --eval-only the checkpoint (--ckpt, else ckpt.pt; None for a new run),
-    whose training flags the run takes: one given with another value is a one-line error. --epochs may grow."""
+    """ckpt.pt's path, and for --resume or --eval-only the checkpoint (--ckpt, else ckpt.pt; None
+    for a new run), whose training flags the run takes: one given with another value is a one-line
+    error. --epochs may grow."""
     ckpt_path = prepare_out_dir(args.out_dir, args.resume or args.eval_only)
     path = args.ckpt or ckpt_path
     if not (args.resume or args.eval_only):
@@ -329,62 +357,70 @@ def open_denoiser_run(args, given):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         stored, config = ckpt["script"], ckpt["config"]
     except Exception as e:
-        die(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it or use another --out-dir")
+        die(f"{path} is not a readable checkpoint ({type(e).__name__}); "
+            "delete it or use another --out-dir")
     if stored != SCRIPT:
         die(f"{path} was written by {stored}.py, not {SCRIPT}.py; use another --out-dir")
-    if args.resume and "opt" not in ckpt:  # a shipped file: the weights only, no optimizer to continue
-        die(f"{path} holds evaluation weights only (no optimizer state): use it with --ckpt, not --resume")
+    if args.resume and "opt" not in ckpt:  # a shipped file: the weights only, no optimizer
+        die(f"{path} holds evaluation weights only (no optimizer state): "
+            "use it with --ckpt, not --resume")
     for k in TRAIN_KEYS:
         if k in given and k in config and getattr(args, k) != config[k]:
             flag = "--" + k.replace("_", "-")
             die(f"{path} was trained with {flag} {config[k]}, you gave {flag} {getattr(args, k)}: "
                 f"drop the flag to continue that run, or use another --out-dir")
         setattr(args, k, config.get(k, getattr(args, k)))
-    args.epochs = args.epochs if "epochs" in given else max(config["epochs"], ckpt["epoch"])
+    if "epochs" not in given:
+        args.epochs = max(config["epochs"], ckpt["epoch"])
     print(f"loaded {path}: {ckpt['epoch']} epochs done")
     if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
         print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
     return ckpt_path, ckpt
 
 def restore_denoiser(ckpt, model, opt, device, out_dir):
-    """The run so far: epochs done and losses, with the weights (and BatchNorm statistics), optimizer and RNG
-    put back (a fresh run if ckpt is None)."""
+    """The run so far: epochs done and losses, with the weights (and BatchNorm statistics),
+    optimizer and RNG put back (a fresh run if ckpt is None)."""
     run = {"epoch": 0, "loss_history": torch.zeros(0)}
     if ckpt is None:
         return run
     try:
         model.load_state_dict(ckpt["model"])
-        if "opt" in ckpt:  # a training checkpoint; a shipped file (pretrained/) holds the weights only
+        if "opt" in ckpt:  # a training checkpoint; a shipped file holds the weights only
             opt.load_state_dict(ckpt["opt"])
             set_rng_state(ckpt["rng"], device)
     except (KeyError, RuntimeError, ValueError) as e:
-        die(f"the checkpoint for {out_dir} does not fit this model ({type(e).__name__}); use another --out-dir")
+        die(f"the checkpoint for {out_dir} does not fit this model ({type(e).__name__}); "
+            "use another --out-dir")
     run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
     return run
 
 def save_denoiser(run, model, opt, args, device, path):
     """The checkpoint: weights, optimizer, RNG, loss history and the flags that made them."""
-    save_atomic({"script": SCRIPT, "config": vars(args), "epoch": run["epoch"], "model": model.state_dict(),
-                 "opt": opt.state_dict(), "loss_history": run["loss_history"], "rng": rng_state(device)}, path)
+    save_atomic({"script": SCRIPT, "config": vars(args), "epoch": run["epoch"],
+                 "model": model.state_dict(), "opt": opt.state_dict(),
+                 "loss_history": run["loss_history"], "rng": rng_state(device)}, path)
 # --- plots -------------------------------------------------------------------------------------
 def plot_epoch(model, probe, args, epoch, name):
-    """The model's outputs on the fixed inputs after an epoch: rows clean, noisy, denoised (denoised_NAME.png),
-    or with --pure-noise rows noise z, D(z), the mean training digit (pure_noise_NAME.png)."""
+    """The model's outputs on the fixed inputs after an epoch: rows clean, noisy, denoised
+    (denoised_NAME.png); with --pure-noise noise z, D(z), the mean digit (pure_noise_NAME.png)."""
     if args.pure_noise:
-        z = probe["z"][:10]                                              # the first ten noise images
+        z = probe["z"][:10]  # the first ten noise images
         out = denoise(model, z)
         rms = rms_distance(denoise(model, probe["z"]), probe["mean"]).mean().item()
         plot_rows([torch.stack([z, out, probe["mean"].expand_as(out)])],
                   os.path.join(args.out_dir, f"pure_noise_{name}.png"),
-                  f"{SCRIPT} --pure-noise, after epoch {epoch}: D(z) is {rms:.3f} RMS from the mean digit "
-                  f"(the digits: {probe['rms_train']:.3f})", ["noise z", "D(z)", "mean digit"])
+                  f"{SCRIPT} --pure-noise, after epoch {epoch}: D(z) is {rms:.3f} RMS from the "
+                  f"mean digit (the digits: {probe['rms_train']:.3f})",
+                  ["noise z", "D(z)", "mean digit"])
     else:
-        plot_rows([torch.stack([probe["x"], probe["z"], denoise(model, probe["z"])])],
+        x_hat = denoise(model, probe["z"])
+        plot_rows([torch.stack([probe["x"], probe["z"], x_hat])],
                   os.path.join(args.out_dir, f"denoised_{name}.png"),
-                  f"{SCRIPT}: test digits at sigma = {args.sigma}, after epoch {epoch}", ["clean", "noisy", "denoised"])
+                  f"{SCRIPT}: test digits at sigma = {args.sigma}, after epoch {epoch}",
+                  ["clean", "noisy", "denoised"])
 
 def plot_rows(panels, path, title, row_labels, panel_titles=None):
-    """Side-by-side panels, each (rows, ncol, 1, 28, 28) in [0, 1], drawn as a grid with labelled rows."""
+    """Side-by-side panels, each (rows, ncol, 1, 28, 28) in [0, 1], grids with labelled rows."""
     rows, ncol = panels[0].shape[:2]
     fig = Figure(figsize=(len(panels) * (0.4 * ncol + 0.2) + 0.8, 0.4 * rows + 0.6))
     axes = fig.subplots(1, len(panels), squeeze=False)
@@ -407,30 +443,33 @@ def plot_loss_by_epoch(losses, path, title, steps_per_epoch):
     ax = fig.subplots()
     ax.plot(losses.numpy(), alpha=0.3 if k > 1 else 1, lw=0.5 if k > 1 else 1.5, label="per step")
     if k > 1:
-        ax.plot(range(k - 1, k - 1 + len(smooth)), smooth.numpy(), lw=1.5, label=f"mean of {k} steps")
+        steps = range(k - 1, k - 1 + len(smooth))  # the last step of each mean
+        ax.plot(steps, smooth.numpy(), lw=1.5, label=f"mean of {k} steps")
     for e in range(steps_per_epoch, len(losses), steps_per_epoch):
         ax.axvline(e, color="grey", lw=0.5, ls=":")
-    ax.set(yscale="log", xlabel=f"step ({steps_per_epoch} per epoch)", ylabel="MSE  ||D(z) - x||^2  (per pixel)",
-           title=title)
+    ax.set(yscale="log", xlabel=f"step ({steps_per_epoch} per epoch)",
+           ylabel="MSE  ||D(z) - x||^2  (per pixel)", title=title)
     ax.legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 def plot_psnr(rows, path, title, sigma_train, black):
-    """PSNR of the denoised output and of the noisy input against sigma (infinite points left out),
-    and of an all-black image for scale."""
+    """PSNR of the denoised output and of the noisy input against sigma (infinite points left
+    out), and of an all-black image for scale."""
     s, p_noisy, p_den = (torch.tensor(c) for c in zip(*rows))
     fin = torch.isfinite(p_noisy)
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
     ax.plot(s.numpy(), p_den.numpy(), "o-", label="denoised  D(z), clipped to [0, 1]")
-    ax.plot(s[fin].numpy(), p_noisy[fin].numpy(), "s--", label="noisy input  z = x + sigma eps (infinite at 0)")
+    ax.plot(s[fin].numpy(), p_noisy[fin].numpy(), "s--",
+            label="noisy input  z = x + sigma eps (infinite at 0)")
     for x_, y_ in zip(s.tolist(), p_den.tolist()):
-        ax.annotate(f"{y_:.1f}", (x_, y_), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        ax.annotate(f"{y_:.1f}", (x_, y_), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=7)
     ax.axhline(black, color="black", lw=0.8, ls="-.", label=f"all-black output ({black:.1f} dB)")
     ax.axvline(sigma_train, color="grey", lw=0.8, ls=":", label=f"training sigma = {sigma_train}")
     ax.set(xlabel="sigma", ylabel="PSNR (dB), mean over test digits", title=title)
     ax.set_ylim(top=ax.get_ylim()[1] + 1.5)  # room for the value labels
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)  # below the axes
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)  # below
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100, bbox_inches="tight")
 

@@ -1,39 +1,39 @@
-r"""CS180 Project 5A's edits on MNIST: denoising, SDEdit, inpainting, translation, anagrams, hybrids, inversion.
+r"""CS180 Project 5A's edits of MNIST digits: denoise, SDEdit, inpaint, anagrams, hybrids, invert.
 
-Papers: Meng et al. 2021, "SDEdit", https://arxiv.org/abs/2108.01073; Lugmayr et al. 2022, "RePaint",
-        https://arxiv.org/abs/2201.09865; Geng, Park, Owens 2024, "Visual Anagrams", https://arxiv.org/abs/2311.17919
+Papers: Meng et al. 2021, SDEdit, https://arxiv.org/abs/2108.01073; Lugmayr et al. 2022, RePaint,
+    https://arxiv.org/abs/2201.09865; Geng et al. 2024, Anagrams, https://arxiv.org/abs/2311.17919
 
-    python edit.py                                       # parts a-h on the shipped weights, into runs/edit/
-    python edit.py --data-dir ~/mnist --parts c e        # SDEdit and translation only, MNIST already on disk
-    python edit.py --image my_digit.png --image-digit 3  # SDEdit on your own drawing (1.7.1), PNG or JPEG
-    python edit.py --anagram 6 9 --transform flip        # the course's upside-down flip instead of a half-turn
-    python evaluate.py runs/edit/translate.pt            # how many translations read as the digit asked for
+    python edit.py                                       # parts a-h with the shipped weights
+    python edit.py --data-dir ~/mnist --parts c e        # SDEdit and translation, MNIST on disk
+    python edit.py --image my_digit.png --image-digit 3  # SDEdit of your drawing (1.7.1): PNG, JPEG
+    python edit.py --anagram 6 9 --transform flip        # the course's upside-down flip, not a turn
 
-Math: ddpm_class.py's model, x in [0, 1]; eps_w(x_t, y) = eps_u + w (eps_c - eps_u) (w = 0: eps_u, "no label");
-"denoise from t" (1.4) = strided DDPM posterior steps t -> t' from t to 0, ceil(steps t / T) steps,
-    each clipping its x_0 and adding the posterior's noise, none on the last step (to t' = 0).
-  a 1.1    forward      x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
-  b 1.2    blur         x_hat = G_sigma * (x_t / sqrt(alpha_bar_t))     (it knows t, as the other two do)
-    1.3    one step     x_hat = (x_t - sqrt(1 - alpha_bar_t) eps_u(x_t, t)) / sqrt(alpha_bar_t)
-    1.4    iterative    x_hat = denoise from t with eps_u;   PSNR = 10 log10(1 / mean (x_hat - x_0)^2)
-  c 1.7    SDEdit       denoise from t the digit's x_t with eps_w(., its label): the larger t, the freer the edit
-    1.7.1  --image      your drawing -> inverted if light, cropped, scaled into 20x20, centred by mass in 28x28
-  d 1.7.2  inpaint      after every step x_s <- m x_s + (1 - m) q_sample(x_orig, s),  m = 1 where pixels are new
-  e 1.7.3  translate    SDEdit of a digit a with the label b
-  f 1.8    anagram      eps = (eps_w(x_t, a) + R^-1 eps_w(R x_t, b)) / 2,  R a half-turn or a flip (R^-1 = R)
-  g 1.9    hybrid       eps = L eps_w(x_t, a) + (1 - L) eps_w(x_t, b),  L a Gaussian low-pass
-  h beyond inversion    x_0 -> x_T (DDIM, Song et al. 2020): each step finds the x_s, s > t, whose sampler step
-                        lands on x_t: x_s = ddim_step(predict_x0(x_t, t, eps), eps, s), eps taken at x_s (fixed point)
-           slerp        x_T(alpha) = (sin((1 - alpha) theta) a + sin(alpha theta) b) / sin theta, theta = angle(a, b)
-Conventions: t in {1..T} as in ddpm_class.py, t = 0 is the digit itself; noise levels are flags as fractions t / T.
-    x_T keeps sqrt(alpha_bar_T) of the digit (ddpm_class.py's header), so SDEdit from t = T still sees a trace of it.
-    Parts b and h use eps_u (the course's "a high quality photo"), the others eps_w; each part has its own RNG.
-Writes to --out-dir (default runs/edit): a_forward.png, b_denoise.png, c_sdedit.png (c_image.png), d_inpaint.png,
-    e_translate.png, translate.pt (samples.pt's format: x, y the target; also source, t), f_anagram.png, ...
-What you can delete for an assignment: the parts (a block of main() and a function or two each) you are not asked
-    for; without --image, load_drawing. The plumbing tail keeps runs safe, not the method.
+Math: x in [0, 1]; eps_w(x_t, y) = eps_u + w (eps_c - eps_u), u: no label (ddpm_class.py's model).
+"Denoise from t" (1.4): strided DDPM posterior steps t -> t' < t down to 0, ceil(steps t / T) of
+    them, each clipping its x_0 and adding the posterior's noise, none on the last (to t' = 0).
+  a 1.1   forward    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+  b 1.2   blur       x_hat = G_sigma * (x_t / sqrt(alpha_bar_t))   (it knows t, as the other two do)
+    1.3   one step   x_hat = (x_t - sqrt(1 - alpha_bar_t) eps_u(x_t, t)) / sqrt(alpha_bar_t)
+    1.4   iterative  x_hat = denoise from t with eps_u;   PSNR = 10 log10(1 / mean (x_hat - x_0)^2)
+  c 1.7   SDEdit     denoise from t the digit's x_t with eps_w(., its label): larger t, freer edits
+    1.7.1 --image    your drawing -> inverted if light, cropped, scaled into 20x20, centred by mass
+  d 1.7.2 inpaint    after every step x_s <- m x_s + (1 - m) q_sample(x_orig, s), m = 1: new pixels
+  e 1.7.3 translate  SDEdit of a digit a with the label b
+  f 1.8   anagram    eps = (eps_w(x_t, a) + R^-1 eps_w(R x_t, b)) / 2, R = R^-1, a half-turn or flip
+  g 1.9   hybrid     eps = L eps_w(x_t, a) + (1 - L) eps_w(x_t, b),  L a Gaussian low-pass
+  h       invert     x_0 -> x_T, DDIM (Song et al. 2020) backwards: each step finds the x_s, s > t,
+                     whose sampler step lands on x_t (a fixed point, eps taken at x_s)
+          slerp      x_T(alpha) = (sin((1 - alpha) theta) a + sin(alpha theta) b) / sin theta
+Conventions: t in {1..T} as in ddpm_class.py, t = 0 the digit itself; noise levels are flags t / T.
+    x_T keeps sqrt(alpha_bar_T) of the digit (ddpm_class.py's header): SDEdit from T still sees it.
+    Parts b, h use eps_u (the course's "a high quality photo"), the others eps_w; an RNG per part.
+Writes to --out-dir (default runs/edit): a PNG per part, a_forward.png .. h_invert.png, c_image.png,
+    and translate.pt (samples.pt's format: x, y the target; also source, t) for evaluate.py.
+What you can delete for an assignment: the parts (a block of main() and a function or two each)
+    you are not asked for; without --image, load_drawing. The plumbing tail keeps runs safe.
 """
 import argparse
+import functools
 import math
 import os
 import signal
@@ -47,15 +47,15 @@ from PIL import Image
 
 from matplotlib.figure import Figure  # writes files, and leaves a notebook's pyplot alone
 
-NULL = 10                       # the "no label" class of ddpm_class.py: eps_u = eps_theta(x_t, t, NULL)
+NULL = 10              # the "no label" class of ddpm_class.py: eps_u = eps_theta(x_t, t, NULL)
 PARTS = "abcdefgh"
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else "."  # a cell: "."
 SHIPPED = os.path.join(HERE, "pretrained", "ddpm_class.pt")
 SHOW = (2, 4, 5, 8)             # the figures' digits: the first test digit of each of these classes
 FORWARD_T = (0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # part a's noise levels t / T
-DENOISE_T = (0.25, 0.5, 0.75)   # part b's: the course's t = 250, 500, 750 of 1000
-ANAGRAMS, HYBRIDS, SLERP_POINTS = 6, 3, 8  # f's anagrams, g's hybrids per pair, h's alphas from 0 to 1
-PARALLEL = 1e-4                 # h: slerp of a, b with sin(angle) below this is the straight line
+DENOISE_T = (0.25, 0.5, 0.75)  # part b's: the course's t = 250, 500, 750 of 1000
+ANAGRAMS, HYBRIDS, SLERP_POINTS = 6, 3, 8  # f's anagrams, g's hybrids per pair, h's alphas 0..1
+PARALLEL = 1e-4        # h: slerp of a, b with sin(angle) below this is the straight line
 # --- shared: flags ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
@@ -84,37 +84,42 @@ def parse_flags(ap, argv):
     return args, {k for k, v in vars(again).items() if v is not unset}
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
-    ap = argparse.ArgumentParser(description="CS180 Project 5A's edits on a class-conditioned MNIST DDPM")
-    digit, level = number(int, 0, 10), number(float, 0)
+    ap = argparse.ArgumentParser(description="CS180 Project 5A's edits, a class-conditioned DDPM")
+    digit, level, count = number(int, 0, 10), number(float, 0), number(int, 1)
+    whole, label, real = number(int, 0), number(int, 0, NULL + 1), number(float, -math.inf)
+    sigma = number(float, 0, 9, False)                           # a blur's std, px
     g = ap.add_argument_group("data and model")
-    g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing): its test digits")
-    g.add_argument("--ckpt", default=SHIPPED, help="a ddpm_class.py checkpoint (default: the shipped weights)")
+    g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded if missing)")
+    g.add_argument("--ckpt", default=SHIPPED, help="a ddpm_class.py checkpoint (default: shipped)")
     g = ap.add_argument_group("sampling")
-    g.add_argument("--steps", type=number(int, 1), default=20,
-                   help="DDIM or posterior steps from T to 0 (fewer from a lower t)")
-    g.add_argument("--guidance", type=number(float, -math.inf), default=5.0, help="w in eps_u + w (eps_c - eps_u)")
+    g.add_argument("--steps", type=count, default=20, help="DDIM or posterior steps from T to 0")
+    g.add_argument("--guidance", type=real, default=5.0, help="w in eps_u + w (eps_c - eps_u)")
     g = ap.add_argument_group("parts")
-    g.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS), help="which figures to make")
-    g.add_argument("--n-score", type=number(int, 1), default=16, help="test digits behind b's PSNR and h's error")
-    g.add_argument("--blur-sigma", type=number(float, 0, 9, False), default=1.0, help="b: blur std, px")
-    g.add_argument("--levels", type=level, nargs="+", default=[0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1], help="c: t / T")
-    g.add_argument("--image", default="", help="c: also SDEdit this drawing of one digit (PNG or JPEG, any size)")
-    g.add_argument("--image-digit", type=number(int, 0, 11), default=NULL, help="c: the drawing's label (10: none)")
-    g.add_argument("--pairs", type=digit, nargs="+", default=[1, 7, 3, 8, 4, 9, 5, 6], help="e: source target ...")
-    g.add_argument("--translate-levels", type=level, nargs="+", default=[0.3, 0.5, 0.7, 0.9], help="e: t / T")
-    g.add_argument("--n-translate", type=number(int, 1), default=4, help="e: test digits per pair and level")
-    g.add_argument("--anagram", type=digit, nargs=2, default=[6, 9], help="f: the digit upright, then under R")
-    g.add_argument("--transform", choices=list(TRANSFORMS), default="half-turn", help="f: R (flip: upside down)")
-    g.add_argument("--hybrid", type=digit, nargs="+", default=[0, 6, 1, 7, 3, 8], help="g: low-pass high-pass ...")
-    g.add_argument("--lowpass-sigma", type=number(float, 0, 9, False), default=1.5, help="g: L's std, px")
-    g.add_argument("--invert-iters", type=number(int, 0), default=3, help="h: fixed-point refinements per step")
+    g.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS), help="figures")
+    g.add_argument("--n-score", type=count, default=16, help="test digits in b's PSNR, h's error")
+    g.add_argument("--blur-sigma", type=sigma, default=1.0, help="b: the blur's std, px")
+    g.add_argument("--levels", type=level, nargs="+", default=[0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1],
+                   help="c: t / T")
+    g.add_argument("--image", default="", help="c: also SDEdit this drawing of a digit (PNG, JPEG)")
+    g.add_argument("--image-digit", type=label, default=NULL, help=f"c: its label ({NULL}: none)")
+    g.add_argument("--pairs", type=digit, nargs="+", default=[1, 7, 3, 8, 4, 9, 5, 6],
+                   help="e: source target ...")
+    g.add_argument("--translate-levels", type=level, nargs="+", default=[0.3, 0.5, 0.7, 0.9],
+                   help="e: t / T")
+    g.add_argument("--n-translate", type=count, default=4, help="e: test digits per pair, level")
+    g.add_argument("--anagram", type=digit, nargs=2, default=[6, 9], help="f: upright, under R")
+    g.add_argument("--transform", choices=TRANSFORMS, default="half-turn", help="f: R, R^-1 = R")
+    g.add_argument("--hybrid", type=digit, nargs="+", default=[0, 6, 1, 7, 3, 8],
+                   help="g: low-pass high-pass ...")
+    g.add_argument("--lowpass-sigma", type=sigma, default=1.5, help="g: L's std, px")
+    g.add_argument("--invert-iters", type=whole, default=3, help="h: refinements per DDIM step")
     g = ap.add_argument_group("run")
     g.add_argument("--out-dir", default="runs/edit", help="figures and translate.pt go here")
-    g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same edits (on the same device)")
-    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
+    g.add_argument("--seed", type=whole, default=0, help="same seed, same edits")
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or cpu, cuda, mps")
     args = parse_flags(ap, argv)[0]
     if max(args.levels + args.translate_levels) > 1 or len(args.pairs) % 2 or len(args.hybrid) % 2:
-        ap.error("noise levels are fractions t / T in [0, 1]; --pairs and --hybrid take digits two by two")
+        ap.error("levels are fractions t / T in [0, 1]; --pairs, --hybrid take digits two by two")
     return args
 # --- shared: schedule ---
 def make_schedule(T, kind, device):
@@ -260,28 +265,28 @@ def sample(eps_fn, x_T, sched, sampler, steps, gen, path=None):
     return x
 # --- the model: a ddpm_class.py checkpoint, and its guided eps ----------------------------------
 def load_ddpm_class(path, device):
-    """The EMA weights of a ddpm_class.py checkpoint as an eval-mode UNet, its schedule, and its epochs."""
+    """A ddpm_class.py checkpoint's EMA weights as an eval-mode UNet, its schedule, its epochs."""
     if not os.path.isfile(path):
-        die(f"no checkpoint at {path}: pass --ckpt with a ddpm_class.py checkpoint (pretrained/ddpm_class.pt)")
+        die(f"no checkpoint at {path}: pass --ckpt, e.g. pretrained/ddpm_class.pt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         script, config = ckpt["script"], ckpt["config"]
     except Exception as e:
-        die(f"{path} is not a readable checkpoint ({type(e).__name__}); pass a ddpm_class.py checkpoint")
+        die(f"{path} is not a readable checkpoint ({type(e).__name__}): pass ddpm_class.py's")
     if script != "ddpm_class":
-        die(f"{path} was written by {script}.py, not ddpm_class.py: edit.py needs its class-conditioned model")
-    model = UNet(config["channels"], n_classes=NULL + 1)
+        die(f"{path} was written by {script}.py, not ddpm_class.py: edit.py needs its model")
+    model = UNet(config["channels"], n_classes=NULL + 1)  # digits 0..9 and NULL, "no label"
     try:
         model.load_state_dict(ckpt["ema"])
     except (KeyError, RuntimeError) as e:
         die(f"{path}: the weights do not fit ddpm_class.py's UNet ({type(e).__name__})")
-    print(f"loaded {path}: {ckpt['epoch']} epochs, T={config['T']} {config['schedule']}" +
-          "".join(f"\n  {k}: {v}" for k, v in ckpt.get("about", {}).items()))
+    about = "".join(f"\n  {k}: {v}" for k, v in ckpt.get("about", {}).items())  # how it was made
+    print(f"loaded {path}: {ckpt['epoch']} epochs, T={config['T']} {config['schedule']}{about}")
     model = model.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
     return model, make_schedule(config["T"], config["schedule"], device), ckpt["epoch"]
 
 def guided_eps(model, y, w):
-    """eps_w(x_t, t) = eps_u + w (eps_c - eps_u) for the labels y (B,): one pass on a doubled batch (w = 0: eps_u)."""
+    """eps_w(x_t, t) = eps_u + w (eps_c - eps_u), labels y (B,): one pass on a doubled batch."""
     null = torch.full_like(y, NULL)
     def eps_fn(x, t):
         t_batch = torch.full((2 * len(x),), t, device=x.device)
@@ -290,14 +295,19 @@ def guided_eps(model, y, w):
         eps_c, eps_u = model(torch.cat([x, x]), t_batch, torch.cat([y, null])).chunk(2)
         return eps_u + w * (eps_c - eps_u)
     return eps_fn
+
+def digits_eps(model, digits, n, w):
+    """guided_eps, labels `digits` (a digit or a list) each n times in turn; NULL, w = 0: eps_u."""
+    y = torch.tensor(digits).repeat_interleave(n)                 # (n,) or (n len(digits),)
+    return guided_eps(model, y.to(next(model.parameters()).device), w)
 # --- b-e: denoising from a noise level t: blur, one step, iterative; SDEdit; inpainting ---------
 def gaussian_blur(x, sigma):
     """x (B, 1, H, W) convolved with a Gaussian of std sigma px, separably, edges reflected."""
     r = max(1, math.ceil(3 * sigma))
     d = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)   # offsets from the centre, px
     k = torch.softmax(-d.square() / (2 * sigma ** 2), 0)          # the Gaussian, summing to 1
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))     # along rows
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))  # along columns
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))  # along rows
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))  # columns
 
 def posterior_step(x_t, x0, t, t_prev, sched, gen):
     r"""The course's 1.4: one stride t -> t' = t_prev < t, x_t' ~ q(x_t' | x_t, x_0 its estimate).
@@ -324,9 +334,12 @@ def denoise_from(eps_fn, x_t, t, sched, steps, gen):
         x_t = posterior_step(x_t, x0, t, t_prev, sched, gen)
     return x_t
 
+def psnr_db(x_hat, x):
+    """Per-image PSNR, peak 1: 10 log10(1 / mean (x_hat - x)^2) over each image's pixels. (B,)"""
+    return -10 * (x_hat - x).square().flatten(1).mean(1).log10()
+
 def sdedit(eps_fn, x0, t, sched, steps, gen):
-    """SDEdit (1.7): the forward process takes x_0 to x_t, then denoise_from (1.4's posterior
-    steps with their noise, not DDIM) takes it back to 0: the course's SDEdit uses 1.4 too."""
+    """SDEdit (1.7): x_0 noised to x_t by the forward process, then denoise_from (1.4) back to 0."""
     eps = torch.randn(x0.shape, generator=gen).to(x0.device)    # drawn on the CPU: any device
     return denoise_from(eps_fn, q_sample(x0, t, eps, sched), t, sched, steps, gen)
 
@@ -343,14 +356,14 @@ def inpaint(eps_fn, x_orig, mask, sched, steps, gen):
         x = torch.where(mask, x, q_sample(x_orig, t_prev, eps, sched))
     return x
 # --- f-h: anagrams and hybrids, two noise estimates made one; DDIM inversion, slerp through x_T ---
-TRANSFORMS = {"half-turn": lambda x: x.rot90(2, (-2, -1)), "flip": lambda x: x.flip(-2)}  # R: both are their inverse
+TRANSFORMS = {"half-turn": lambda x: x.rot90(2, (-2, -1)), "flip": lambda x: x.flip(-2)}  # R = R^-1
 
 def anagram_eps(eps_a, eps_b, R):
-    """Visual anagrams (1.8): eps = (eps_a(x_t) + R^-1 eps_b(R x_t)) / 2, R an involution (R^-1 = R)."""
+    """Visual anagrams (1.8): eps = (eps_a(x_t) + R^-1 eps_b(R x_t)) / 2, R^-1 = R."""
     return lambda x, t: (eps_a(x, t) + R(eps_b(R(x), t))) / 2
 
 def hybrid_eps(eps_low, eps_high, lowpass):
-    """Hybrid images (1.9): eps = L eps_low(x_t) + (eps_high(x_t) - L eps_high(x_t)), L a low-pass filter."""
+    """Hybrid images (1.9): eps = L eps_low(x_t) + (eps_high(x_t) - L eps_high(x_t)), L low-pass."""
     def eps_fn(x, t):
         e_high = eps_high(x, t)
         return lowpass(eps_low(x, t)) + (e_high - lowpass(e_high))
@@ -358,12 +371,9 @@ def hybrid_eps(eps_low, eps_high, lowpass):
 
 @torch.no_grad()
 def ddim_invert(eps_fn, x, sched, steps, iters):
-    """DDIM backwards, x = x_0 -> x_T through the sampler's t: each step finds the x_s (s > t)
-    whose sampler step lands on x_t, x_s = ddim_step(predict_x0(x_t, t, eps), eps, s). That eps must
-    be the one the sampler's step from s uses, which it takes at (x_s, s); x_s is not known yet, so
-    eps is first taken at (x_t, s), x_t being close to x_s (plain DDIM inversion, as diffusers'
-    DDIMInverseScheduler does), then `iters` times more at the latest x_s: a fixed-point iteration
-    towards the x_s that the sampler maps back to x_t exactly."""
+    """DDIM backwards, x_0 -> x_T on the sampler's t: each step finds the x_s (s > t) whose sampler
+    step lands on x_t, x_s = ddim_step(predict_x0(x_t, t, eps), eps, s), eps taken at (x_t, s) as
+    diffusers' DDIMInverseScheduler does, then `iters` times at the latest x_s: a fixed point."""
     ts = timesteps("ddim", len(sched["beta"]) - 1, steps)[::-1]   # 0, ..., T: sampler's t reversed
     for t, s in zip(ts[:-1], ts[1:]):
         x_s = x
@@ -376,38 +386,37 @@ def ddim_invert(eps_fn, x, sched, steps, iters):
 
 def slerp(a, b, alpha):
     r"""Spherical interpolation of a, b (1, 1, 28, 28) at alpha (K, 1, 1, 1), theta = angle(a, b):
-    x = (sin((1 - alpha) theta) a + sin(alpha theta) b) / sin theta, in the plane of a and b, from a
-    (alpha = 0) to b (alpha = 1). It keeps the norm only when |a| = |b|: then |x| = |a| throughout
-    and angle(a, x) = alpha theta, so between two draws of Gaussian noise (nearly equal norms) x
-    stays the size of Gaussian noise, where the straight line sags. Otherwise (two inverted x_T may
-    differ) |x| goes from |a| to |b|. a, b (anti)parallel, sin theta ~ 0: no one arc, so the
-    straight line (1 - alpha) a + alpha b."""
+    x = (sin((1 - alpha) theta) a + sin(alpha theta) b) / sin theta; |x| stays |a| only if |a| = |b|
+    (else it goes to |b|), where a straight line sags. (Anti)parallel a, b: the straight line."""
     theta = ((a * b).sum() / (a.norm() * b.norm())).clamp(-1, 1).acos()  # angle(a, b)
     if torch.sin(theta) < PARALLEL:
         return (1 - alpha) * a + alpha * b
     return (torch.sin((1 - alpha) * theta) * a + torch.sin(alpha * theta) * b) / torch.sin(theta)
 # --- c (1.7.1): your own drawing as an MNIST digit; a figure of captioned panels ----------------
 def load_drawing(path):
-    """A PNG or JPEG of one digit, any size and polarity -> (1, 1, 28, 28) in [0, 1] made as MNIST was: white
-    on black, cropped to the ink, scaled into a 20x20 box, centred by mass in 28x28; and the file's pixels."""
+    """A PNG or JPEG of one digit, any size and polarity -> (1, 1, 28, 28) in [0, 1] as MNIST's:
+    white on black, cropped to the ink, scaled into 20x20, centred by mass; and the raw pixels."""
     try:
-        im = Image.open(path).convert("RGBA")                     # read whole (Pillow closes the file)
-        gray = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im).convert("L")  # transparent: paper
+        im = Image.open(path).convert("RGBA")                     # read whole: Pillow closes it
+        gray = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im).convert("L")
     except (OSError, ValueError) as e:  # no file, not an image, a truncated one
         die(f"--image {path}: not a readable PNG or JPEG ({type(e).__name__})")
-    raw = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(gray.height, gray.width) / 255
+    raw = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(gray.height, -1) / 255
     border = torch.cat([raw[0], raw[-1], raw[:, 0], raw[:, -1]]).median()
-    x = (border - raw) if border > 0.5 else (raw - border)     # white ink on black (0): inverted if the paper is light
+    x = (border - raw) if border > 0.5 else (raw - border)    # white ink on black (0)
     if x.max() < 0.2:
-        die(f"--image {path}: holds no digit (one flat colour); draw one stroke on a plain background")
+        die(f"--image {path}: holds no digit (one flat colour); draw on a plain background")
     ink = (x / x.max()).clamp(min=0)
     rows, cols = (ink > 0.1).any(1).nonzero()[:, 0], (ink > 0.1).any(0).nonzero()[:, 0]
     ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]         # cropped to the ink
     h, w = (max(1, round(n * 20 / max(ink.shape))) for n in ink.shape)  # the longer side 20 px
-    box = F.interpolate(ink[None, None], size=(h, w), mode="bilinear", antialias=True)[0, 0].clamp(0, 1)
-    cy, cx = ((box.sum(d) * torch.arange(n)).sum().item() / box.sum().item() for d, n in ((1, h), (0, w)))  # mass
-    top, left = min(max(0, round(13.5 - cy)), 28 - h), min(max(0, round(13.5 - cx)), 28 - w)
-    box = F.pad(box / box.max(), (left, 28 - w - left, top, 28 - h - top))  # mass centred at 13.5, ink max 1
+    box = F.interpolate(ink[None, None], size=(h, w), mode="bilinear", antialias=True)
+    box = box[0, 0].clamp(0, 1)                                   # (h, w)
+    cy = (box.sum(1) * torch.arange(h)).sum().item() / box.sum().item()  # centre of mass, px
+    cx = (box.sum(0) * torch.arange(w)).sum().item() / box.sum().item()
+    top = min(max(0, round(13.5 - cy)), 28 - h)                   # the mass at 13.5, inside 28x28
+    left = min(max(0, round(13.5 - cx)), 28 - w)
+    box = F.pad(box / box.max(), (left, 28 - w - left, top, 28 - h - top))  # ink max 1
     return box[None, None], raw
 
 def plot_cells(rows, path, title):
@@ -425,98 +434,128 @@ def plot_cells(rows, path, title):
     fig.savefig(path, dpi=100, bbox_inches="tight")
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
-    # setup: flags, the model and its schedule, your drawing, MNIST's test digits: bad input stops here
+    # setup: flags, model, your drawing, test digits (bad input stops here)
     args = get_args(argv)
     print(vars(args))
     t_start, device = time.time(), pick_device(args.device)
     model, sched, epoch = load_ddpm_class(args.ckpt, device)
-    x_draw, raw = load_drawing(args.image) if args.image else (None, None)
+    if args.image:
+        x_draw, raw = load_drawing(args.image)  # raw: the file's pixels
     T, w, steps = len(sched["beta"]) - 1, args.guidance, args.steps
-    x_test, labels = load_mnist(args.data_dir, train=False)      # (10000, 1, 28, 28) in [0, 1]
+    x_test, labels = load_mnist(args.data_dir, train=False)  # in [0, 1]
     x_test = x_test.to(device)
-    show = torch.stack([(labels == d).nonzero()[0, 0] for d in SHOW])
-    x_show, y_show, row_labels = x_test[show], labels[show].to(device), [str(d) for d in SHOW]
+    picks = torch.stack([(labels == d).nonzero()[0, 0] for d in SHOW])
+    x_show, y_show = x_test[picks], labels[picks].to(device)
+    row_labels = [str(d) for d in SHOW]
     os.makedirs(args.out_dir, exist_ok=True)
-    out = lambda name: os.path.join(args.out_dir, name)         # noqa: E731
-    at = lambda f: round(f * T)                                  # noqa: E731  a noise level t / T -> t
-    eps_u = lambda n: guided_eps(model, torch.full((n,), NULL, device=device), 0)  # noqa: E731  for n digits
-    gens = {p: torch.Generator().manual_seed(args.seed * len(PARTS) + i) for i, p in enumerate(PARTS)}
-    noise = lambda shape, part: torch.randn(shape, generator=gens[part]).to(device)  # noqa: E731  same on any device
-    psnr = lambda x_hat, x: -10 * (x_hat - x).square().flatten(1).mean(1).log10()   # noqa: E731  per image, dB
+    png = {k: os.path.join(args.out_dir, f"{f}.png") for k, f in FIGURES.items()}
+    eps_u = functools.partial(digits_eps, model, NULL, w=0)  # eps_u(n digits)
+    gens = {p: torch.Generator().manual_seed(args.seed * len(PARTS) + i)
+            for i, p in enumerate(PARTS)}  # an RNG per part
 
-    # a (1.1): the forward process, x_t at several t, the same eps at every t
+    # a (1.1): the forward process, x_t at several t, one eps
     if "a" in args.parts:
-        ts, eps = [at(f) for f in FORWARD_T], noise(x_show.shape, "a")
-        x = torch.stack([q_sample(x_show, t, eps, sched) for t in ts], 1)   # (digits, t, 1, 28, 28)
-        save_grid(x.flatten(0, 1), out("a_forward.png"), len(ts), "a (1.1): the forward process "
-                  "x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps", row_labels, [f"t={t}" for t in ts])
+        ts = [round(f * T) for f in FORWARD_T]
+        eps = torch.randn(x_show.shape, generator=gens["a"]).to(device)
+        x = torch.stack([q_sample(x_show, t, eps, sched) for t in ts], 1)
+        save_grid(x.flatten(0, 1), png["a"], len(ts), "a (1.1): the forward process "
+                  "x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps",
+                  row_labels, [f"t={t}" for t in ts])
 
-    # b (1.2-1.4): test digits noised to t; blur, one-step and iterative denoising (eps_u); PSNR
+    # b (1.2-1.4): test digits noised to t, denoised three ways; PSNR
     if "b" in args.parts:
-        x0, cells = x_test[:args.n_score], []
+        x0, cells = x_test[:args.n_score], []  # cells: a row per t
         eps_fn = eps_u(len(x0))
-        eps_b = [noise(x0.shape, "b") for _ in DENOISE_T]          # every x_t's noise before 1.4's
-        for t, eps in zip([at(f) for f in DENOISE_T], eps_b):
+        eps_b = [torch.randn(x0.shape, generator=gens["b"]).to(device)
+                 for _ in DENOISE_T]  # all drawn before 1.4's noise
+        for f, eps in zip(DENOISE_T, eps_b):
+            t = round(f * T)
             x_t = q_sample(x0, t, eps, sched)
             blur = gaussian_blur(x_t / sched["alpha_bar"][t].sqrt(), args.blur_sigma)
+            one_step = predict_x0(x_t, t, eps_fn(x_t, t), sched)
             found = {"noisy x_t": x_t.clamp(0, 1), "blur": blur.clamp(0, 1),
-                     "one step": predict_x0(x_t, t, eps_fn(x_t, t), sched).clamp(0, 1),
+                     "one step": one_step.clamp(0, 1),
                      "iterative": denoise_from(eps_fn, x_t, t, sched, steps, gens["b"])}
+            psnr = {k: psnr_db(x, x0) for k, x in found.items()}  # per digit
             print(f"b: t={t}: PSNR, mean of {len(x0)} test digits: " +
-                  ", ".join(f"{k} {psnr(v, x0).mean():.2f} dB" for k, v in found.items()))
-            cells.append([(x0[0, 0], f"x_0, t={t}")] +
-                         [(v[0, 0], f"{k}\n{psnr(v, x0)[0]:.1f} dB") for k, v in found.items()])
-        plot_cells(cells, out("b_denoise.png"),
-                   f"b (1.2-1.4): blur (sigma {args.blur_sigma:g} px), one step, posterior steps")
+                  ", ".join(f"{k} {p.mean():.2f} dB" for k, p in psnr.items()))
+            row = [(x[0, 0], f"{k}\n{psnr[k][0]:.1f} dB")
+                   for k, x in found.items()]  # the first digit
+            cells.append([(x0[0, 0], f"x_0, t={t}")] + row)
+        plot_cells(cells, png["b"], "b (1.2-1.4): blur "
+                   f"(sigma {args.blur_sigma:g} px), one step, posterior steps")
 
-    # c (1.7, 1.7.1): SDEdit of test digits with their own label, then of your drawing
-    ts = [at(f) for f in args.levels]
+    # c (1.7, 1.7.1): SDEdit with each digit's label; your drawing
+    ts = [round(f * T) for f in args.levels]
     if "c" in args.parts:
         eps_fn = guided_eps(model, y_show, w)
-        x = torch.stack([x_show] + [sdedit(eps_fn, x_show, t, sched, steps, gens["c"]) for t in ts], 1)
-        save_grid(x.flatten(0, 1), out("c_sdedit.png"), len(ts) + 1, f"c (1.7): SDEdit, noised to t and denoised "
-                  f"with its own label (w={w:g})", row_labels, ["input"] + [f"t={t}" for t in ts])
+        x = [sdedit(eps_fn, x_show, t, sched, steps, gens["c"]) for t in ts]
+        x = torch.stack([x_show] + x, 1)  # (digits, 1 + levels, 1, 28, 28)
+        save_grid(x.flatten(0, 1), png["c"], len(ts) + 1,
+                  "c (1.7): SDEdit, noised to t and denoised with "
+                  f"its own label (w={w:g})",
+                  row_labels, ["input"] + [f"t={t}" for t in ts])
     if args.image:
-        eps_fn = guided_eps(model, torch.tensor([args.image_digit], device=device), w)  # NULL: eps_u, whatever w
-        edits = [(sdedit(eps_fn, x_draw.to(device), t, sched, steps, gens["c"])[0, 0], f"t={t}") for t in ts]
-        plot_cells([[(raw, f"your {raw.shape[1]}x{raw.shape[0]} file"), (x_draw[0, 0], "as MNIST: 28x28")], edits],
-                   out("c_image.png"), f"c (1.7.1): {os.path.basename(args.image)} made an MNIST digit, then "
-                   f"SDEdit with label {args.image_digit} (10: none, eps_u), w={w:g}")
+        eps_fn = digits_eps(model, args.image_digit, 1, w)  # NULL: eps_u
+        x_draw = x_draw.to(device)
+        x = [sdedit(eps_fn, x_draw, t, sched, steps, gens["c"]) for t in ts]
+        inputs = [(raw, f"your {raw.shape[1]}x{raw.shape[0]} file"),
+                  (x_draw[0, 0], "as MNIST: 28x28")]
+        edits = [(x_t[0, 0], f"t={t}") for x_t, t in zip(x, ts)]
+        plot_cells([inputs, edits], png["image"],
+                   f"c (1.7.1): {os.path.basename(args.image)} made an "
+                   f"MNIST digit, then SDEdit with label {args.image_digit} "
+                   f"(10: none, eps_u), w={w:g}")
 
-    # d (1.7.2): inpainting, two masks: the top half and a centre box (True where pixels are new)
+    # d (1.7.2): inpainting: masks True where pixels are new
     if "d" in args.parts:
-        masks = torch.zeros(2, len(SHOW), 1, 28, 28, dtype=torch.bool, device=device)
-        masks[0, ..., :14, :] = True                              # the top half
-        masks[1, ..., 8:20, 8:20] = True                          # a 12x12 box in the centre
-        masks, x_orig = masks.flatten(0, 1), x_show.repeat(2, 1, 1, 1)   # every digit with mask 0, then mask 1
-        x = inpaint(guided_eps(model, y_show.repeat(2), w), x_orig, masks, sched, steps, gens["d"])
-        hidden = torch.where(masks, 0.5, x_orig)                  # the new pixels' place, grey
-        x, hidden = x.view(2, -1, 1, 28, 28), hidden.view(2, -1, 1, 28, 28)   # (masks, digits, 1, 28, 28)
-        grid = torch.stack([x_show, hidden[0], x[0], hidden[1], x[1]], 1).flatten(0, 1)
-        save_grid(grid, out("d_inpaint.png"), 5, f"d (1.7.2): inpainting, RePaint's simplest form (own label, "
-                  f"w={w:g})", row_labels, ["input", "top half", "inpainted", "centre", "inpainted"])
+        masks = torch.zeros(2, len(SHOW), 1, 28, 28, dtype=torch.bool)
+        masks[0, ..., :14, :] = True      # the top half
+        masks[1, ..., 8:20, 8:20] = True  # a 12x12 box in the centre
+        masks = masks.flatten(0, 1).to(device)  # all with mask 0, then 1
+        x_orig = x_show.repeat(2, 1, 1, 1)
+        eps_fn = guided_eps(model, y_show.repeat(2), w)
+        x = inpaint(eps_fn, x_orig, masks, sched, steps, gens["d"])
+        x = x.view(2, -1, 1, 28, 28)  # (masks, digits, 1, 28, 28)
+        hidden = torch.where(masks, 0.5, x_orig)  # the new pixels grey
+        hidden = hidden.view(2, -1, 1, 28, 28)
+        grid = [x_show, hidden[0], x[0], hidden[1], x[1]]  # the columns
+        save_grid(torch.stack(grid, 1).flatten(0, 1), png["d"], 5,
+                  "d (1.7.2): inpainting, RePaint's simplest form "
+                  f"(own label, w={w:g})", row_labels,
+                  ["input", "top half", "inpainted", "centre", "inpainted"])
 
-    # e (1.7.3): digit a turned into digit b at several noise levels; translate.pt for evaluate.py
+    # e (1.7.3): digit a made digit b at several t; translate.pt
     if "e" in args.parts:
-        src, tgt = args.pairs[::2], args.pairs[1::2]
-        n = min([args.n_translate] + [int((labels == a).sum()) for a in src])  # at most the rarest source's count
-        idx = torch.cat([(labels == a).nonzero()[:n, 0] for a in src])  # the first n test digits of each source
-        x_src, y_tgt = x_test[idx], torch.tensor(tgt).repeat_interleave(n)
-        ts_e, eps_fn = [at(f) for f in args.translate_levels], guided_eps(model, y_tgt.to(device), w)
-        xs = torch.stack([sdedit(eps_fn, x_src, t, sched, steps, gens["e"]) for t in ts_e])  # (levels, digits, ...)
-        rms = (xs - x_src).square().flatten(2).mean(2).sqrt().view(len(ts_e), len(src), -1).mean(2)  # (levels, pairs)
+        src, tgt = args.pairs[::2], args.pairs[1::2]  # a b a b ...
+        n_each = [int((labels == a).sum()) for a in src]
+        n = min([args.n_translate] + n_each)  # the rarest's count at most
+        idx = torch.cat([(labels == a).nonzero()[:n, 0] for a in src])
+        x_src = x_test[idx]  # the first n test digits of each source
+        y_tgt = torch.tensor(tgt).repeat_interleave(n)
+        ts = [round(f * T) for f in args.translate_levels]
+        eps_fn = guided_eps(model, y_tgt.to(device), w)
+        xs = [sdedit(eps_fn, x_src, t, sched, steps, gens["e"]) for t in ts]
+        xs = torch.stack(xs)  # (levels, digits, 1, 28, 28)
+        rms = (xs - x_src).square().flatten(2).mean(2).sqrt()
+        rms = rms.view(len(ts), len(src), n).mean(2)  # (levels, pairs)
         for p, (a, b) in enumerate(zip(src, tgt)):
-            print(f"e: {a}->{b}, RMS distance to the source (pixels in [0, 1], mean of {n}): " +
-                  ", ".join(f"t={t} {r:.3f}" for t, r in zip(ts_e, rms[:, p].tolist())))
-        save_atomic({"x": xs.flatten(0, 1).cpu(), "y": y_tgt.repeat(len(ts_e)), "source": labels[idx].repeat(len(ts_e)),
-                     "t": torch.tensor(ts_e).repeat_interleave(len(idx)), "config": vars(args), "epoch": epoch},
-                    out("translate.pt"))
-        grid = torch.cat([x_src[:, None], xs.transpose(0, 1)], 1).unflatten(0, (len(src), n))[:, :2]  # 2 per pair
-        save_grid(grid.flatten(0, 2), out("e_translate.png"), len(ts_e) + 1, f"e (1.7.3): SDEdit of digit a with the "
-                  f"label b (w={w:g})", [f"{a}->{b}" for a, b in zip(src, tgt) for _ in range(min(n, 2))],
-                  ["source"] + [f"t={t}" for t in ts_e])
+            dists = [f"t={t} {r:.3f}" for t, r in zip(ts, rms[:, p].tolist())]
+            print(f"e: {a}->{b}, RMS distance to the source (pixels in "
+                  f"[0, 1], mean of {n}): " + ", ".join(dists))
+        save_atomic({"x": xs.flatten(0, 1).cpu(), "y": y_tgt.repeat(len(ts)),
+                     "source": labels[idx].repeat(len(ts)),
+                     "t": torch.tensor(ts).repeat_interleave(len(idx)),
+                     "config": vars(args), "epoch": epoch},
+                    os.path.join(args.out_dir, "translate.pt"))
+        grid = torch.cat([x_src[:, None], xs.transpose(0, 1)], 1)
+        grid = grid.unflatten(0, (len(src), n))[:, :2]  # 2 digits a pair
+        pairs = [f"{a}->{b}" for a, b in zip(src, tgt) for _ in range(min(n, 2))]
+        save_grid(grid.flatten(0, 2), png["e"], len(ts) + 1,
+                  f"e (1.7.3): SDEdit of digit a with the label b (w={w:g})",
+                  pairs, ["source"] + [f"t={t}" for t in ts])
 
-    # f (1.8): visual anagrams, images that read as digit a upright and as digit b under R
+    # f (1.8): visual anagrams, digit a upright and digit b under R
     if "f" in args.parts:
         a, b = args.anagram
         R, x_T = TRANSFORMS[args.transform], noise((ANAGRAMS, 1, 28, 28), "f")
@@ -525,7 +564,7 @@ def main(argv=None):
         save_grid(torch.cat([x, R(x)]), out("f_anagram.png"), ANAGRAMS, f"f (1.8): visual anagrams, {a} upright and "
                   f"{b} under a {args.transform} (w={w:g})", [str(a), f"{b}: {args.transform}"])
 
-    # g (1.9): hybrids, the low frequencies of one digit's eps and the high frequencies of another's
+    # g (1.9): hybrids, a digit's eps at low frequencies, another's high
     if "g" in args.parts:
         lows, highs = args.hybrid[::2], args.hybrid[1::2]
         eps_of = lambda ds: guided_eps(model, torch.tensor(ds, device=device).repeat_interleave(HYBRIDS), w)  # noqa
@@ -538,9 +577,9 @@ def main(argv=None):
                   f"low / high (L: sigma {args.lowpass_sigma:g}, w={w:g})", [f"{a} / {b}" for a, b in zip(lows, highs)],
                   ["hybrids"] + [""] * (HYBRIDS - 1) + ["its low", "its high"])
 
-    # h: DDIM inversion x_0 -> x_T -> x_0 with eps_u, plain and refined; then slerp between two digits' x_T
+    # h: DDIM inversion x_0 -> x_T -> x_0 (eps_u); slerp between two x_T
     if "h" in args.parts:
-        x0 = torch.cat([x_show[:2], x_test[:args.n_score]])      # the two digits shown, then the scored ones
+        x0 = torch.cat([x_show[:2], x_test[:args.n_score]])  # shown, scored
         x_T = ddim_invert(eps_u(len(x0)), x0, sched, steps, args.invert_iters)
         x_rec = sample(eps_u(len(x0)), x_T, sched, "ddim", steps, None)
         err = (x_rec - x0)[2:].square().flatten(1).mean(1).sqrt().mean().item()

@@ -1,59 +1,37 @@
 r"""Numbers for generated MNIST digits: accuracy, mode collapse, confidence, FID and KID.
 
-Scores the samples.pt files that the DDPM scripts (ddpm_time.py, ddpm_class.py) and the flow-matching
-scripts write with --n-samples (one row per file) next to a floor row of real training digits, in the
-eyes of a small CNN classifier trained here once. FID: Heusel et al. 2017, https://arxiv.org/abs/1706.08500;
-KID: Binkowski et al. 2018, https://arxiv.org/abs/1801.01401.
+Scores the samples.pt files that the DDPM and flow-matching scripts write with --n-samples (a row
+each) next to a floor row of real training digits, in the eyes of a small CNN classifier.
+FID: Heusel et al. 2017, https://arxiv.org/abs/1706.08500; KID: Binkowski et al. 2018, https://arxiv.org/abs/1801.01401
 
-    python evaluate.py runs/ddpm_class/samples.pt                    # table, in the shipped classifier's eyes
-    python evaluate.py runs/ddpm_class                               # a run folder: its samples.pt
-    python evaluate.py runs/ddpm_time runs/ddpm_class --data-dir ~/mnist   # two rows, MNIST already on disk
-    python evaluate.py runs/ddpm_class --json                        # one JSON object on stdout, for scripts
-    python evaluate.py a.pt --n-real 5000 --classifier runs/clf.pt   # floor of 5000 digits, cache elsewhere
+    python evaluate.py runs/ddpm_class/samples.pt                 # the table, shipped classifier
+    python evaluate.py runs/ddpm_time runs/ddpm_class --data-dir ~/mnist  # run folders: two rows
+    python evaluate.py runs/ddpm_class --json                     # one JSON object on stdout
+    python evaluate.py a.pt --n-real 5000 --classifier runs/clf.pt  # floor of 5000, cache there
 
-The classifier: (conv3x3 -> BatchNorm -> ReLU -> max-pool) twice (28 -> 14 -> 7), a 128-d feature
-layer, 10 logits. The repository ships one, pretrained/mnist_classifier.pt (99.47 % test accuracy):
-every FID in RESULTS.md was computed in its features, so yours compare with them, as FIDs elsewhere
-compare because everyone uses the same Inception weights. Without it (this file copied alone, or
---classifier PATH to a file that does not exist) the first run trains one with Adam and a one-cycle
-LR on random +-2 px shifts of the training digits, 4 epochs (its time and accuracy: RESULTS.md; a warning below
-99 %). Weights, test accuracy and an arch tag go to
-DATA_DIR/mnist_classifier.pt (or that PATH, written atomically) and later runs load them. A
-retrained classifier moves FIDs (RESULTS.md): compare rows scored with the same one. A cache that
-does not load or has another arch tag is an error, not silently retrained: every score you compare
-depends on it, so replacing it is your decision (delete the file). The test accuracy is measured
-again on every run.
-
+Classifier: (conv3x3 -> BatchNorm -> ReLU -> max-pool) x 2, 128-d features, 10 logits. The shipped
+pretrained/mnist_classifier.pt gave every FID in RESULTS.md: yours compare with them, as FIDs
+elsewhere share Inception's weights. Without it (this file alone, or --classifier PATH not there)
+the first run trains one (Adam, one-cycle LR, +-2 px shifts, 4 epochs; a warning below 99 % test
+accuracy) into DATA_DIR/mnist_classifier.pt or PATH. A retrained one moves FIDs; a cache that does
+not load or has another ARCH is an error, not silently retrained (delete the file to replace it).
 Metrics, each on all N samples of a file:
-    acc       fraction classified as the requested label y (only if the file has y); also per digit
-    KL        KL(p || uniform) = sum_k p_k log(10 p_k) in nats, p the histogram of predicted digits:
-              0 when all ten digits are equally common, log 10 = 2.30 when every sample is one
-              digit. Mode collapse shows up here (the histogram is printed below the table).
-    conf>0.9  fraction whose top softmax probability is above 0.9; low means ambiguous scribbles
-              (high does not mean digit-like: a classifier can be sure about noise; FID is not fooled)
-    FID       Frechet distance between Gaussians fitted to the 128-d features of the samples and of
-              the 10,000 test digits: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)). Lower is
-              better; biased upwards at small N, so compare rows of the same N only.
-    KID       MMD^2 between the same features with the kernel k(a, b) = (a.b / 128 + 1)^3, the
-              unbiased estimate (i != j terms only), on 10 random subsets of min(1000, N) samples
-              and as many test digits; mean +- std over the subsets, shown x 1000. Unbiased, so
-              about 0 for real digits at any N (slightly negative happens).
-    real (train, N)   the same metrics for N random training digits (N of the first file, at most
-              10,000, or --n-real): what a perfect generator would score. Read every number next
-              to this floor: FID 2.0 is excellent if the floor is 1.5, poor if the floor is 0.1.
-Conventions:
-    samples.pt holds {"x": (N, 1, 28, 28) float in [0, 1], "y": (N,) int64 in 0..9 or None}, and from
-    the generating scripts also "config" (the flags that made it: its sampler and steps are printed)
-    and "epoch". A run folder stands for FOLDER/samples.pt.
-    pixels: the classifier sees [0, 1] as well, like the generating models: MNIST uint8 p becomes p / 255
-    (load_mnist, from the shared MNIST block).
-    Bad input (missing file, not a samples dict, wrong shape or range, bad labels, no MNIST data):
-    one line on stderr and exit code 2.
-Writes: the table (or --json) on stdout, and the classifier cache when it trains one.
-What you can delete for an assignment: the checks in load_samples and load_classifier keep a wrong file
-    from giving quiet nonsense, not the metrics; without --json drop the redirect of stdout; with a
-    classifier trained every run drop the cache; with the four IDX files in one folder drop the
-    Kaggle layouts in find_idx_files.
+    acc       fraction classified as the requested label y (if the file has y); also per digit
+    KL        KL(p || uniform) = sum_k p_k log(10 p_k) nats, p the histogram of predicted digits:
+              0 if all ten are equally common, log 10 if all are one (mode collapse)
+    conf>0.9  fraction whose top softmax probability is above 0.9 (low: ambiguous scribbles)
+    FID       Frechet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) of Gaussians fitted
+              to the 128-d features of the samples and 10,000 test digits; biased up at small N
+    KID       unbiased MMD^2 of the same features, k(a, b) = (a.b / 128 + 1)^3, on 10 subsets of
+              min(1000, N) (mean +- std, x 1000): about 0 for real digits at any N
+    real (train, N)  the same for N training digits (N of the first file, at most 10,000, or
+              --n-real): a perfect generator's floor. Read every number next to it.
+Conventions: samples.pt holds {"x": (N, 1, 28, 28) float in [0, 1], "y": (N,) int64 in 0..9 or
+    None}, also "config" and "epoch"; a run folder stands for FOLDER/samples.pt. The classifier sees
+    [0, 1] too (pixel / 255). Bad input: one line on stderr, exit code 2. Writes: the table (or
+    --json) on stdout, and the classifier cache when it trains one.
+What you can delete for an assignment: the checks in load_samples and load_classifier (they keep a
+    wrong file from giving quiet nonsense); without --json, the stdout redirect.
 """
 import argparse
 import contextlib
@@ -104,37 +82,41 @@ def parse_flags(ap, argv):
 # --- config ------------------------------------------------------------------------------------
 def get_args(argv=None):
     ap = argparse.ArgumentParser(description="Score samples.pt files of generated MNIST digits")
-    ap.add_argument("files", nargs="+", help="samples.pt files ({'x': (N,1,28,28) in [0,1], 'y': (N,) or None}) "
-                                             "or run folders holding one")
+    ap.add_argument("files", nargs="+", help="samples.pt files ({'x': (N,1,28,28) in [0,1], "
+                    "'y': (N,) or None}) or run folders holding one")
     g = ap.add_argument_group("data")
     g.add_argument("--data-dir", default="./data", help="MNIST folder (downloaded here if missing)")
-    g.add_argument("--n-real", type=number(int, 0), default=0,
-                   help=f"training digits in the floor row (0: N of the first file, at most {MAX_REAL})")
+    g.add_argument("--n-real", type=number(int, 0), default=0, help="training digits in the floor "
+                   f"row (0: N of the first file, at most {MAX_REAL})")
     g = ap.add_argument_group("classifier")
     g.add_argument("--classifier", default="", help="classifier cache (default: the shipped "
-                   "pretrained/mnist_classifier.pt beside this file, else DATA_DIR/mnist_classifier.pt, "
-                   "trained on first use)")
-    g.add_argument("--clf-epochs", type=number(int, 1), default=4, help="epochs, when the classifier is trained")
+                   "pretrained/mnist_classifier.pt beside this file, else "
+                   "DATA_DIR/mnist_classifier.pt, trained on first use)")
+    g.add_argument("--clf-epochs", type=number(int, 1), default=4,
+                   help="epochs, when the classifier is trained")
     g.add_argument("--clf-limit", type=number(int, 0), default=0,
                    help="train the classifier on the first N digits (0: all)")
     g = ap.add_argument_group("output")
-    g.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
+    g.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout instead of the table")
     g = ap.add_argument_group("run")
     g.add_argument("--seed", type=number(int, 0), default=0,
                    help="same seed, same numbers (training, floor digits, KID)")
-    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or cpu, cuda, mps")
     return parse_flags(ap, argv)[0]
 # --- classifier ---------------------------------------------------------------------------------
 def conv_block(c_in, c_out):
     """conv3x3 -> BatchNorm -> ReLU -> 2x2 max-pool: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
 
 class Classifier(nn.Module):
     """Small CNN; its 128-d penultimate layer is the feature space of FID and KID."""
     def __init__(self, feat_dim=128):
         super().__init__()
-        self.features = nn.Sequential(conv_block(1, 32), conv_block(32, 64), nn.Flatten(),  # (B, 64 * 7 * 7)
-                                      nn.Linear(64 * 7 * 7, feat_dim), nn.BatchNorm1d(feat_dim), nn.ReLU())
+        self.features = nn.Sequential(conv_block(1, 32), conv_block(32, 64),  # (B, 64, 7, 7)
+                                      nn.Flatten(), nn.Linear(64 * 7 * 7, feat_dim),
+                                      nn.BatchNorm1d(feat_dim), nn.ReLU())
         self.head = nn.Linear(feat_dim, 10)
 
     def forward(self, x):               # x (B, 1, 28, 28) in [0, 1]
@@ -146,24 +128,27 @@ def random_shift(x, max_shift=2):
     in samples are not always centred the way MNIST's are."""
     B, _, H, W = x.shape
     xp = F.pad(x, [max_shift] * 4)                                     # (B, 1, H + 4, W + 4)
-    off = torch.randint(0, 2 * max_shift + 1, (2, B, 1), device=x.device)
-    rows, cols = off[0] + torch.arange(H, device=x.device), off[1] + torch.arange(W, device=x.device)
+    off = torch.randint(0, 2 * max_shift + 1, (2, B, 1), device=x.device)  # (dy, dx) + 2
+    rows = off[0] + torch.arange(H, device=x.device)                   # (B, H): rows to read
+    cols = off[1] + torch.arange(W, device=x.device)                   # (B, W)
     b = torch.arange(B, device=x.device)[:, None, None]
     return xp[b, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)  # (B, 1, H, W)
 
 def train_classifier(x_train, y_train, epochs, device, batch_size=128):
     """Adam with a one-cycle LR (warm up, then anneal to ~0): 99 % in a few epochs.
     Whole set on the device, batches from torch.randperm; no DataLoader."""
-    model = Classifier().to(device, memory_format=torch.channels_last).train()  # channels_last: faster on CPU
+    model = Classifier().to(device, memory_format=torch.channels_last)  # faster on CPU
+    model.train()
     x_train, y_train = x_train.to(device), y_train.to(device)
-    n_batches = max(1, len(x_train) // batch_size)  # tensor_split: no batch of 1, which BatchNorm rejects
+    n_batches = max(1, len(x_train) // batch_size)  # tensor_split: no batch of 1 (BatchNorm)
     opt = torch.optim.Adam(model.parameters())
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * n_batches)
     for epoch in range(1, epochs + 1):
-        bar = tqdm(torch.randperm(len(x_train), device=device).tensor_split(n_batches),
-                   desc=f"classifier epoch {epoch}/{epochs}", unit="batch")
+        batches = torch.randperm(len(x_train), device=device).tensor_split(n_batches)
+        bar = tqdm(batches, desc=f"classifier epoch {epoch}/{epochs}", unit="batch")
         for step, idx in enumerate(bar):
-            loss = F.cross_entropy(model(random_shift(x_train[idx]))[0], y_train[idx])
+            logits = model(random_shift(x_train[idx]))[0]
+            loss = F.cross_entropy(logits, y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -174,7 +159,7 @@ def train_classifier(x_train, y_train, epochs, device, batch_size=128):
 
 @torch.no_grad()
 def classify(model, x01, device, batch_size=1000):
-    """Logits (N, 10) and float64 features (N, 128) on the CPU; eval mode (BatchNorm running stats)."""
+    """Logits (N, 10), float64 features (N, 128), on the CPU; in eval mode (BatchNorm's stats)."""
     logits, feats = zip(*(model(x.to(device)) for x in x01.split(batch_size)))
     return torch.cat(logits).cpu(), torch.cat(feats).cpu().double()
 # --- metrics ------------------------------------------------------------------------------------
@@ -184,12 +169,14 @@ def class_metrics(logits, y):
     pred = prob.argmax(1)
     hist = torch.bincount(pred, minlength=10).double() / len(pred)     # p_k, sums to 1
     p = hist[hist > 0]                                                  # 0 log 0 = 0
-    m = {"kl": (p * (10 * p).log()).sum().item(), "hist": hist.tolist(),
-         "conf": (prob.max(1).values > CONF).double().mean().item(), "acc": None, "acc_per_digit": None}
+    confident = (prob.max(1).values > CONF).double().mean().item()
+    m = {"kl": (p * (10 * p).log()).sum().item(), "hist": hist.tolist(), "conf": confident,
+         "acc": None, "acc_per_digit": None}
     if y is not None:
         hit = (pred == y).double()
         m["acc"] = hit.mean().item()
-        m["acc_per_digit"] = [hit[y == k].mean().item() if (y == k).any() else None for k in range(10)]
+        m["acc_per_digit"] = [hit[y == k].mean().item() if (y == k).any() else None
+                              for k in range(10)]
     return m
 
 def gaussian_stats(f):
@@ -203,28 +190,38 @@ def sqrtm_psd(S):
 
 def frechet_distance(mu1, S1, mu2, S2):
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64. With R = S1^(1/2), R S2 R is
-    similar to S1 S2 (same eigenvalues) but symmetric PSD, so Tr (S1 S2)^(1/2) = sum sqrt(eig(R S2 R))."""
+    similar to S1 S2 (the same eigenvalues) but symmetric PSD: Tr (S1 S2)^(1/2) is the sum of
+    sqrt(eig(R S2 R))."""
     mu1, S1, mu2, S2 = (t.double() for t in (mu1, S1, mu2, S2))
     R = sqrtm_psd(S1)
     M = R @ S2 @ R
     tr_sqrt = torch.linalg.eigvalsh((M + M.T) / 2).clamp(min=0).sqrt().sum()
     return ((mu1 - mu2).square().sum() + S1.trace() + S2.trace() - 2 * tr_sqrt).item()
 
+def poly_kernel(a, b):
+    """KID's kernel k(a, b) = (a.b / d + 1)^3 between the rows of a (m, d), b (n, d): (m, n)."""
+    return (a @ b.T / a.shape[1] + 1) ** 3
+
+def off_diag_mean(K):
+    """The mean of K (m, m) over i != j: the unbiased estimate leaves the diagonal out."""
+    m = len(K)
+    return (K.sum() - K.diagonal().sum()) / (m * (m - 1))
+
 def kid(f1, f2, seed, n_subsets=KID_SUBSETS, size=KID_SIZE):
-    """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, mean and std over random subsets of m each."""
+    """Unbiased MMD^2 with poly_kernel, mean and std over random subsets of m each."""
     g = torch.Generator().manual_seed(seed)
-    m, d = min(size, len(f1), len(f2)), f1.shape[1]
-    kernel = lambda a, b: (a @ b.T / d + 1) ** 3                       # noqa: E731  (m, m)
-    off_diag_mean = lambda K: (K.sum() - K.diagonal().sum()) / (m * (m - 1))  # noqa: E731  i != j only
+    m = min(size, len(f1), len(f2))
     mmd2 = []
     for _ in range(n_subsets):
-        a, b = f1[torch.randperm(len(f1), generator=g)[:m]], f2[torch.randperm(len(f2), generator=g)[:m]]
-        mmd2.append(off_diag_mean(kernel(a, a)) + off_diag_mean(kernel(b, b)) - 2 * kernel(a, b).mean())
+        a = f1[torch.randperm(len(f1), generator=g)[:m]]
+        b = f2[torch.randperm(len(f2), generator=g)[:m]]
+        within = off_diag_mean(poly_kernel(a, a)) + off_diag_mean(poly_kernel(b, b))
+        mmd2.append(within - 2 * poly_kernel(a, b).mean())
     mmd2 = torch.stack(mmd2)
     return mmd2.mean().item(), mmd2.std().item()
 
 def score(model, x01, y, ref, device, seed):
-    """All metrics of one set of digits x01 (N, 1, 28, 28) in [0, 1] against the test-set features."""
+    """All metrics of one set of digits x01 (N, 1, 28, 28) in [0, 1] against the test features."""
     logits, feats = classify(model, x01, device)
     m = {"n": len(x01), **class_metrics(logits, y)}
     m["fid"] = frechet_distance(*gaussian_stats(feats), ref["mu"], ref["cov"])
@@ -233,8 +230,9 @@ def score(model, x01, y, ref, device, seed):
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
     args = get_args(argv)
-    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):  # --json: stdout holds the JSON only
-        # setup: every samples file is checked before anything is trained (a bad one fails in a second)
+    log = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON only
+    with contextlib.redirect_stdout(log):
+        # setup: every samples file is checked before any training (a bad one fails fast)
         print(vars(args))
         torch.manual_seed(args.seed)
         device = pick_device(args.device)
@@ -242,32 +240,36 @@ def main(argv=None):
         x_train, y_train = load_mnist(args.data_dir, train=True)
         x_test, y_test = load_mnist(args.data_dir, train=False)
 
-        # classifier: the cached one, or one trained now (and cached); its test accuracy is measured every run
+        # classifier: the cache, or one trained now (and cached); its test accuracy, each run
         path = args.classifier or default_classifier(args.data_dir)
         model, n_trained = get_classifier(path, args, x_train, y_train, device)
-        test_logits, test_feats = classify(model, x_test, device)  # the test set is also the FID/KID reference
+        test_logits, test_feats = classify(model, x_test, device)  # FID's, KID's reference
         test_acc = (test_logits.argmax(1) == y_test).double().mean().item()
         print(f"classifier: test accuracy {test_acc:.2%} on {len(x_test)} test digits")
         if test_acc < MIN_ACC:
-            print(f"warning: classifier test accuracy {test_acc:.2%} is below {100 * MIN_ACC:g} %; scores mean less",
-                  file=sys.stderr)
+            print(f"warning: classifier test accuracy {test_acc:.2%} is below "
+                  f"{100 * MIN_ACC:g} %; scores mean less", file=sys.stderr)
         if n_trained:
             save_classifier(model, path, test_acc, n_trained, args)
 
-        # scores: each file, then the floor: random training digits, as many as the first file holds
+        # scores: each file, then the floor: as many random training digits as the first's
         mu, cov = gaussian_stats(test_feats)
         ref = {"feats": test_feats, "mu": mu, "cov": cov}
         rows = {p: score(model, x, y, ref, device, args.seed) for p, (x, y) in samples.items()}
-        n_real = min(args.n_real or min(len(next(iter(samples.values()))[0]), MAX_REAL), len(x_train))
-        idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))[:n_real]
+        n_first = len(next(iter(samples.values()))[0])  # the first file's
+        n_real = min(args.n_real or min(n_first, MAX_REAL), len(x_train))
+        floor_gen = torch.Generator().manual_seed(args.seed)
+        idx = torch.randperm(len(x_train), generator=floor_gen)[:n_real]
         real = score(model, x_train[idx], y_train[idx], ref, device, args.seed)
 
     # output: one JSON object, or the table
     if args.json:
-        print(json.dumps({"classifier": {"path": path, "trained_now": bool(n_trained), "test_acc": test_acc},
-                          "n_ref": len(x_test), "files": rows, "real": real}, indent=1))
+        classifier = {"path": path, "trained_now": bool(n_trained), "test_acc": test_acc}
+        print(json.dumps({"classifier": classifier, "n_ref": len(x_test), "files": rows,
+                          "real": real}, indent=1))
     else:
-        print(f"\nFID and KID against the {len(x_test)} test digits; lower is better, the real row is the floor.")
+        print(f"\nFID and KID against the {len(x_test)} test digits; lower is better, "
+              "the real row is the floor.")
         print_table({**rows, f"real (train, {real['n']})": real})
 # --- inputs: samples files -----------------------------------------------------------------------
 def samples_path(arg):
@@ -276,54 +278,66 @@ def samples_path(arg):
         return arg
     path = os.path.join(arg, "samples.pt")
     if not os.path.isfile(path):
-        die(f"{arg} is a folder without samples.pt: make one with `python ddpm_class.py --sample-only --sampler ddim "
-            f"--n-samples 1000 --out-dir {arg}` (or the script that trained that run: ddpm_time.py, ...)")
+        die(f"{arg} is a folder without samples.pt: make one with `python ddpm_class.py "
+            f"--sample-only --sampler ddim --n-samples 1000 --out-dir {arg}` (or the script that "
+            "trained that run: ddpm_time.py, ...)")
     return path
 
 def describe_value(v):
-    return f"{v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+    if isinstance(v, torch.Tensor):
+        return f"{v.dtype} tensor of shape {tuple(v.shape)}"
+    return type(v).__name__
 
 def load_samples(path):
-    """Read and check one samples.pt; return x (N, 1, 28, 28) float in [0, 1] and y (N,) int64 or None."""
+    """Read and check one samples.pt: x (N, 1, 28, 28) float in [0, 1], y (N,) int64 or None."""
     if not os.path.isfile(path):
         die(f"{path}: no such file")
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        die(f"{path} is not a file written by torch.save ({type(e).__name__}); expected a samples.pt")
+        die(f"{path} is not a file written by torch.save ({type(e).__name__}); "
+            "expected a samples.pt")
     if not isinstance(d, dict) or not isinstance(d.get("x"), torch.Tensor):
         keys = f" with keys {list(d)}" if isinstance(d, dict) else ""
-        die(f"{path} is not a samples file: expected {{'x': tensor, 'y': tensor or None}} as the generating "
-            f"scripts write with --n-samples, got {describe_value(d)}{keys}")
+        die(f"{path} is not a samples file: expected {{'x': tensor, 'y': tensor or None}} as the "
+            f"generating scripts write with --n-samples, got {describe_value(d)}{keys}")
     x, y = d["x"], d.get("y")
     if x.dim() != 4 or x.shape[1:] != (1, 28, 28) or len(x) < 2:
         die(f"{path}: x is a {describe_value(x)}, expected (N, 1, 28, 28) with N >= 2")
     if not x.is_floating_point():
-        die(f"{path}: x is a {describe_value(x)}, expected floats in [0, 1] (from uint8, save x.float() / 255)")
+        die(f"{path}: x is a {describe_value(x)}, expected floats in [0, 1] "
+            "(from uint8, save x.float() / 255)")
     x = x.float()
-    lo, hi = x.min().item(), x.max().item()  # NaN fails both comparisons below, so test it apart
+    lo, hi = x.min().item(), x.max().item()  # NaN fails both comparisons below: tested apart
     if not x.isfinite().all() or lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
-        hint = " (looks like [-1, 1]: save (x + 1) / 2)" if lo < -0.5 else " (0..255? save x / 255)" if hi > 2 else ""
+        hint = ""
+        if lo < -0.5:
+            hint = " (looks like [-1, 1]: save (x + 1) / 2)"
+        elif hi > 2:
+            hint = " (0..255? save x / 255)"
         die(f"{path}: x ranges over [{lo:.3g}, {hi:.3g}], expected [0, 1]{hint}")
     if y is not None:
-        if not isinstance(y, torch.Tensor) or y.shape != (len(x),) or y.is_floating_point() or y.dtype == torch.bool:
-            die(f"{path}: y is a {describe_value(y)}, expected None or an integer tensor of shape ({len(x)},)")
+        is_int = isinstance(y, torch.Tensor) and not y.is_floating_point() and y.dtype != torch.bool
+        if not is_int or y.shape != (len(x),):
+            die(f"{path}: y is a {describe_value(y)}, "
+                f"expected None or an integer tensor of shape ({len(x)},)")
         if y.min() < 0 or y.max() > 9:
-            die(f"{path}: y holds labels {y.min().item()}..{y.max().item()}, expected digits 0..9")
+            die(f"{path}: y holds labels {y.min().item()}..{y.max().item()}, "
+                "expected digits 0..9")
         y = y.long()
     print(f"samples: {path}: {len(x)} digits{'' if y is None else ' with labels'}{made_by(d)}")
     return x.clamp(0, 1), y
 
 def made_by(d):
-    """What produced a samples file, from the "config" and "epoch" the generating scripts store: e.g.
-    " (sampler ddim, 50 steps, w=5.0, epoch 20)" or " (sampler heun, 10 steps, w=5.0 from 0.6, epoch 15)", or ""
-    for a file without them."""
+    """What produced a samples file, from the "config" and "epoch" the generating scripts store:
+    e.g. " (sampler ddim, 50 steps, w=5.0, epoch 20)" or " (sampler heun, 10 steps, w=5.0 from
+    0.6, epoch 15)", or "" for a file without them."""
     config = d.get("config") if isinstance(d.get("config"), dict) else {}
     parts = [f"sampler {config['sampler']}"] if "sampler" in config else []
-    steps = config.get("steps") or config.get("T")  # DDPM runs every one of the T steps (steps is None)
+    steps = config.get("steps") or config.get("T")  # DDPM runs all T steps (steps is None)
     parts += [f"{steps} steps"] if steps else []
     parts += [f"w={config['guidance']}"] if "guidance" in config else []
-    if config.get("guide_from") and config.get("guidance", 0) > 1:  # the guidance interval (from t or s on)
+    if config.get("guide_from") and config.get("guidance", 0) > 1:  # guidance from t (or s) on
         parts[-1] += f" from {config['guide_from']:g}"
     parts += [f"epoch {d['epoch']}"] if "epoch" in d else []
     return f" ({', '.join(parts)})" if parts else ""
@@ -332,22 +346,26 @@ HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() els
 SHIPPED_CLASSIFIER = os.path.join(HERE, "pretrained", "mnist_classifier.pt")
 
 def default_classifier(data_dir):
-    """The shipped classifier (the one RESULTS.md scored with) when it is beside this file, else the cache
-    in the data folder, trained on first use."""
-    return SHIPPED_CLASSIFIER if os.path.exists(SHIPPED_CLASSIFIER) else os.path.join(data_dir, "mnist_classifier.pt")
+    """The shipped classifier (the one RESULTS.md scored with) when it is beside this file, else
+    the cache in the data folder, trained on first use."""
+    if os.path.exists(SHIPPED_CLASSIFIER):
+        return SHIPPED_CLASSIFIER
+    return os.path.join(data_dir, "mnist_classifier.pt")
 
 def get_classifier(path, args, x_train, y_train, device):
-    """The cached classifier, or a new one trained now; returns it and the digits it was trained on
-    (None when loaded: nothing to cache)."""
+    """The cached classifier, or a new one trained now; returns it and the digits it was trained
+    on (None when loaded: nothing to cache)."""
     if os.path.exists(path):
         return load_classifier(path).to(device), None
     n = min(args.clf_limit or len(x_train), len(x_train))
-    print(f"classifier: no cache at {path}, training {args.clf_epochs} epochs on {n} digits on {device}")
+    print(f"classifier: no cache at {path}, training {args.clf_epochs} epochs on {n} digits "
+          f"on {device}")
     t0 = time.time()
     try:
         model = train_classifier(x_train[:n], y_train[:n], args.clf_epochs, device)
     except KeyboardInterrupt:  # the generic message would not say that nothing was cached
-        die("interrupted while training the classifier: nothing was cached, the next run trains it again", 130)
+        die("interrupted while training the classifier: nothing was cached, "
+            "the next run trains it again", 130)
     print(f"classifier: trained in {time.time() - t0:.0f} s")
     return model, n
 
@@ -356,16 +374,18 @@ def save_classifier(model, path, test_acc, n_train, args):
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        write_cache_atomic({"arch": ARCH, "model": state, "test_acc": test_acc, "n_train": n_train,
-                            "epochs": args.clf_epochs, "seed": args.seed}, path)
+        write_cache_atomic({"arch": ARCH, "model": state, "test_acc": test_acc,
+                            "n_train": n_train, "epochs": args.clf_epochs, "seed": args.seed},
+                           path)
         print(f"classifier: cached in {path}")
-    except OSError as e:  # e.g. a read-only data folder: the scores are still right, just not cached
-        print(f"warning: cannot write {path} ({e.strerror}); pass --classifier PATH to cache it", file=sys.stderr)
+    except OSError as e:  # e.g. a read-only data folder: the scores are right, just not cached
+        print(f"warning: cannot write {path} ({e.strerror}); pass --classifier PATH to cache it",
+              file=sys.stderr)
 
 def write_cache_atomic(obj, path):
-    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk leaves the
-    previous cache whole. Raises OSError (the caller warns and goes on: the scores do not need the cache),
-    where the shared save_atomic stops the run."""
+    """torch.save into path + '.tmp', flush, fsync, then rename over path: a kill or a full disk
+    leaves the previous cache whole. Raises OSError (the caller warns and goes on: the scores do
+    not need the cache), where the shared save_atomic stops the run."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -384,34 +404,38 @@ def load_classifier(path):
         cache = torch.load(path, map_location="cpu", weights_only=True)
         arch = cache["arch"]
     except Exception as e:
-        die(f"{path} is not a readable classifier cache ({type(e).__name__}); delete it to retrain, "
-            f"or pass another --classifier")
+        die(f"{path} is not a readable classifier cache ({type(e).__name__}); delete it to "
+            "retrain, or pass another --classifier")
     if arch != ARCH:
-        die(f"{path} holds a {arch!r} classifier, this evaluate.py needs {ARCH!r}; delete it to retrain "
-            f"(scores from the two are not comparable)")
+        die(f"{path} holds a {arch!r} classifier, this evaluate.py needs {ARCH!r}; delete it to "
+            "retrain (scores from the two are not comparable)")
     model = Classifier()
     try:
         model.load_state_dict(cache["model"])
     except Exception as e:
-        die(f"{path}: the weights do not fit the classifier ({type(e).__name__}); delete it to retrain")
-    print(f"classifier: loaded {path} (trained {cache['epochs']} epochs on {cache['n_train']} digits, "
-          f"test accuracy then {cache['test_acc']:.2%})")
+        die(f"{path}: the weights do not fit the classifier ({type(e).__name__}); "
+            "delete it to retrain")
+    print(f"classifier: loaded {path} (trained {cache['epochs']} epochs on {cache['n_train']} "
+          f"digits, test accuracy then {cache['test_acc']:.2%})")
     return model.eval()
 # --- output: the table ---------------------------------------------------------------------------
 def print_table(rows):
     """One line per row (the files, then the real floor), then per-digit accuracy and histograms."""
     w = max(len(name) for name in rows)
-    print(f"{'':<{w}}  {'N':>6}  {'acc':>7}  {'KL':>6}  {'conf>0.9':>8}  {'FID':>8}  {'KID x 1000':>18}")
+    print(f"{'':<{w}}  {'N':>6}  {'acc':>7}  {'KL':>6}  {'conf>0.9':>8}  {'FID':>8}  "
+          f"{'KID x 1000':>18}")
     for name, m in rows.items():
         acc = "-" if m["acc"] is None else f"{m['acc']:.2%}"
         kid_str = f"{1000 * m['kid']:.1f} +- {1000 * m['kid_std']:.1f}"
-        print(f"{name:<{w}}  {m['n']:>6}  {acc:>7}  {m['kl']:>6.3f}  {m['conf']:>8.1%}  {m['fid']:>8.3f}  {kid_str:>18}")
+        print(f"{name:<{w}}  {m['n']:>6}  {acc:>7}  {m['kl']:>6.3f}  {m['conf']:>8.1%}  "
+              f"{m['fid']:>8.3f}  {kid_str:>18}")
     digits = "".join(f"{k:>6}" for k in range(10))
     if any(m["acc_per_digit"] for m in rows.values()):
         print(f"\naccuracy per requested digit (%)\n{'':<{w}}{digits}")
         for name, m in rows.items():
             if m["acc_per_digit"]:
-                print(f"{name:<{w}}" + "".join("     -" if a is None else f"{100 * a:>6.1f}" for a in m["acc_per_digit"]))
+                cells = ["     -" if a is None else f"{100 * a:>6.1f}" for a in m["acc_per_digit"]]
+                print(f"{name:<{w}}" + "".join(cells))
     print(f"\npredicted digits (% of samples; uniform is 10.0 each)\n{'':<{w}}{digits}")
     for name, m in rows.items():
         print(f"{name:<{w}}" + "".join(f"{100 * p:>6.1f}" for p in m["hist"]))
