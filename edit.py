@@ -49,9 +49,11 @@ from matplotlib.figure import Figure  # writes files, and leaves a notebook's py
 
 NULL = 10              # the "no label" class of ddpm_class.py: eps_u = eps_theta(x_t, t, NULL)
 PARTS = "abcdefgh"
+FIGURES = {"a": "a_forward", "b": "b_denoise", "c": "c_sdedit", "image": "c_image",  # PNGs
+           "d": "d_inpaint", "e": "e_translate", "f": "f_anagram", "g": "g_hybrid", "h": "h_invert"}
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else "."  # a cell: "."
 SHIPPED = os.path.join(HERE, "pretrained", "ddpm_class.pt")
-SHOW = (2, 4, 5, 8)             # the figures' digits: the first test digit of each of these classes
+SHOW = (2, 4, 5, 8)    # the figures' digits: the first test digit of each of these classes
 FORWARD_T = (0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # part a's noise levels t / T
 DENOISE_T = (0.25, 0.5, 0.75)  # part b's: the course's t = 250, 500, 750 of 1000
 ANAGRAMS, HYBRIDS, SLERP_POINTS = 6, 3, 8  # f's anagrams, g's hybrids per pair, h's alphas 0..1
@@ -558,23 +560,30 @@ def main(argv=None):
     # f (1.8): visual anagrams, digit a upright and digit b under R
     if "f" in args.parts:
         a, b = args.anagram
-        R, x_T = TRANSFORMS[args.transform], noise((ANAGRAMS, 1, 28, 28), "f")
-        eps_of = lambda d: guided_eps(model, torch.full((ANAGRAMS,), d, device=device), w)  # noqa: E731
+        R = TRANSFORMS[args.transform]
+        x_T = torch.randn((ANAGRAMS, 1, 28, 28), generator=gens["f"]).to(device)
+        eps_of = functools.partial(digits_eps, model, n=ANAGRAMS, w=w)
         x = sample(anagram_eps(eps_of(a), eps_of(b), R), x_T, sched, "ddim", steps, None)
-        save_grid(torch.cat([x, R(x)]), out("f_anagram.png"), ANAGRAMS, f"f (1.8): visual anagrams, {a} upright and "
-                  f"{b} under a {args.transform} (w={w:g})", [str(a), f"{b}: {args.transform}"])
+        save_grid(torch.cat([x, R(x)]), png["f"], ANAGRAMS,
+                  f"f (1.8): visual anagrams, {a} upright and {b} "
+                  f"under a {args.transform} (w={w:g})",
+                  [str(a), f"{b}: {args.transform}"])
 
     # g (1.9): hybrids, a digit's eps at low frequencies, another's high
     if "g" in args.parts:
-        lows, highs = args.hybrid[::2], args.hybrid[1::2]
-        eps_of = lambda ds: guided_eps(model, torch.tensor(ds, device=device).repeat_interleave(HYBRIDS), w)  # noqa
-        L = lambda e: gaussian_blur(e, args.lowpass_sigma)       # noqa: E731  the low-pass filter
-        x_T = noise((len(lows) * HYBRIDS, 1, 28, 28), "g")
+        lows, highs = args.hybrid[::2], args.hybrid[1::2]  # low high ...
+        eps_of = functools.partial(digits_eps, model, n=HYBRIDS, w=w)
+        L = functools.partial(gaussian_blur, sigma=args.lowpass_sigma)
+        x_T = torch.randn((len(lows) * HYBRIDS, 1, 28, 28), generator=gens["g"])
+        x_T = x_T.to(device)
         x = sample(hybrid_eps(eps_of(lows), eps_of(highs), L), x_T, sched, "ddim", steps, None)
-        x = x.view(len(lows), HYBRIDS, 1, 28, 28)                 # (pairs, hybrids, 1, 28, 28)
-        views = torch.stack([L(x[:, 0]), x[:, 0] - L(x[:, 0]) + 0.5], 1).clamp(0, 1)  # the first: from afar, up close
-        save_grid(torch.cat([x, views], 1).flatten(0, 1), out("g_hybrid.png"), HYBRIDS + 2, f"g (1.9): hybrids, "
-                  f"low / high (L: sigma {args.lowpass_sigma:g}, w={w:g})", [f"{a} / {b}" for a, b in zip(lows, highs)],
+        x = x.view(len(lows), HYBRIDS, 1, 28, 28)  # (pairs, hybrids, 1, 28, 28)
+        first = x[:, 0]  # each pair's first hybrid: afar, up close
+        views = torch.stack([L(first), first - L(first) + 0.5], 1).clamp(0, 1)
+        save_grid(torch.cat([x, views], 1).flatten(0, 1), png["g"], HYBRIDS + 2,
+                  f"g (1.9): hybrids, low / high "
+                  f"(L: sigma {args.lowpass_sigma:g}, w={w:g})",
+                  [f"{a} / {b}" for a, b in zip(lows, highs)],
                   ["hybrids"] + [""] * (HYBRIDS - 1) + ["its low", "its high"])
 
     # h: DDIM inversion x_0 -> x_T -> x_0 (eps_u); slerp between two x_T
@@ -582,18 +591,25 @@ def main(argv=None):
         x0 = torch.cat([x_show[:2], x_test[:args.n_score]])  # shown, scored
         x_T = ddim_invert(eps_u(len(x0)), x0, sched, steps, args.invert_iters)
         x_rec = sample(eps_u(len(x0)), x_T, sched, "ddim", steps, None)
-        err = (x_rec - x0)[2:].square().flatten(1).mean(1).sqrt().mean().item()
-        print(f"h: DDIM inversion, {args.invert_iters} refinements per step: x_0 -> x_T -> x_0 RMS error {err:.4f} "
+        err = (x_rec - x0)[2:].square().flatten(1).mean(1).sqrt()  # scored
+        print(f"h: DDIM inversion, {args.invert_iters} refinements per step: "
+              f"x_0 -> x_T -> x_0 RMS error {err.mean().item():.4f} "
               f"(pixels in [0, 1], mean of {args.n_score} test digits)")
         alpha = torch.linspace(0, 1, SLERP_POINTS, device=device).view(-1, 1, 1, 1)
         x_mid = sample(eps_u(SLERP_POINTS), slerp(x_T[:1], x_T[1:2], alpha), sched, "ddim", steps, None)
-        top = [[(x0[i, 0], "x_0"), ((0.5 + x_T[i, 0] / 6).clamp(0, 1), "its x_T (+-3 std)"), (x_rec[i, 0], "decoded")]
-               for i in (0, 1)]                                   # the first two digits, with a blank between
-        mid = [(x_mid[j, 0], f"alpha={alpha[j].item():.2f}") for j in range(SLERP_POINTS)]
-        plot_cells([top[0] + [(None, "")] + top[1], mid], out("h_invert.png"), f"h: DDIM inversion "
-                   f"({args.invert_iters} refinements per step), slerp through x_T (eps_u, DDIM {steps} steps)")
-    print(f"done in {time.time() - t_start:.0f} s on {device} ({torch.get_num_threads()} threads); in {args.out_dir}: "
-          + ", ".join(sorted(os.listdir(args.out_dir))))
+        noise = (0.5 + x_T / 6).clamp(0, 1)  # x_T's +-3 std in [0, 1]
+        top = [[(x0[i, 0], "x_0"), (noise[i, 0], "its x_T (+-3 std)"),
+                (x_rec[i, 0], "decoded")] for i in (0, 1)]  # the shown two
+        mid = [(x[0], f"alpha={a.item():.2f}") for x, a in zip(x_mid, alpha)]
+        plot_cells([top[0] + [(None, "")] + top[1], mid], png["h"],
+                   f"h: DDIM inversion ({args.invert_iters} refinements per "
+                   f"step), slerp through x_T (eps_u, DDIM {steps} steps)")
+    print(f"done in {time.time() - t_start:.0f} s on {device} ({torch.get_num_threads()} "
+          f"threads); in {args.out_dir}: " + ", ".join(sorted(os.listdir(args.out_dir))))
+    shown = [png[p] for p in PARTS if p in args.parts]  # this run's
+    if args.image:
+        shown.append(png["image"])
+    show(*shown)  # in a notebook: below the cell
 
 # =================================================================================================
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
