@@ -208,8 +208,8 @@ def psnr_probe(x_test, eps_test, labels, sigma):
     """The fixed inputs of the default figures and PSNR: the test digits (N, 1, 28, 28), one eps
     each, and a digit of each class to show, noisy at the training sigma and at each of SIGMAS."""
     classes = [k for k in range(10) if (labels == k).any()]
-    show = torch.tensor([int((labels == k).nonzero()[0]) for k in classes])  # the first of each
-    x, eps = x_test[show], eps_test[show]  # (10, 1, 28, 28) each
+    first = torch.tensor([int((labels == k).nonzero()[0]) for k in classes])  # of each class
+    x, eps = x_test[first], eps_test[first]  # (10, 1, 28, 28) each
     noisy_rows = torch.stack([add_noise(x, s, eps) for s in SIGMAS])  # (len(SIGMAS), 10, ...)
     return {"x_test": x_test, "eps_test": eps_test, "x": x, "z": add_noise(x, sigma, eps),
             "noisy_rows": noisy_rows}
@@ -477,19 +477,17 @@ def plot_psnr(rows, path, title, sigma_train, black):
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
 # --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    """A user error: one line on stderr, no traceback; in a notebook, the cell fails with it."""
     if in_notebook():
         raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
 class OneLineError(Exception):
     """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
     def _render_traceback_(self):
         return [str(self)]
-
 def in_notebook():
-    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    """True in a Jupyter or Colab kernel: sys.argv is the kernel's, and sys.exit ends nothing."""
     shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
     return shell is not None and "IPKernelApp" in shell.config
 # --- shared: device ---
@@ -507,16 +505,15 @@ def pick_device(name):
 # --- shared: MNIST ---
 def find_idx_files(data_dir, train):
     """The IDX image and label paths, or None: in DIR, DIR/MNIST/raw (torchvision), or Kaggle's."""
-    names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
+    names = [f"{'train' if train else 't10k'}-{k}-ubyte" for k in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
-            paths = [os.path.join(data_dir, folder, n) for n in file_names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]
+        for files in (names, [n.replace("-idx", ".idx") for n in names]):
+            paths = [os.path.join(data_dir, folder, n) for n in files]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, files)]
             if all(os.path.isfile(p) for p in paths):
                 return paths
-
 def read_idx(path, ndim):
-    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8 values) as a tensor."""
+    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8s) as a tensor."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -526,9 +523,8 @@ def read_idx(path, ndim):
     if len(values) != math.prod(sizes) or not values:
         raise ValueError(f"{path} holds {len(values)} values, its header says {sizes}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
-
 def load_mnist(data_dir, train=True, limit=0, device="cpu"):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from pixels p, labels (N,); limit > 0: the first."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28), pixels p; labels (N,); limit > 0: the first"""
     if find_idx_files(data_dir, train) is None:
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -547,7 +543,7 @@ def load_mnist(data_dir, train=True, limit=0, device="cpu"):
     return images.unsqueeze(1).float().div(255).to(device), labels.to(device)
 # --- shared: atomic save ---
 def save_atomic(obj, path, write=torch.save):
-    """write(obj, file) to path.tmp, fsync, rename: a kill or a full disk leaves the old file whole."""
+    """write(obj, file) to path.tmp, fsync, rename: a kill or full disk leaves the old file whole"""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -565,7 +561,7 @@ def save_json_atomic(obj, path):
     save_atomic(json.dumps(obj, indent=1).encode(), path, lambda data, f: f.write(data))
 # --- shared: run safety ---
 def prepare_out_dir(out_dir, continuing):
-    """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
+    """Make --out-dir, check it takes files, never start over a run there; return ckpt.pt's path."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         open(os.path.join(out_dir, ".write_test"), "wb").close()
@@ -577,29 +573,24 @@ def prepare_out_dir(out_dir, continuing):
         die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, "
             f"or another --out-dir")
     return ckpt_path
-
 def rng_state(device):
     """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
     gpu = {"cuda": torch.cuda.get_rng_state_all, "mps": torch.mps.get_rng_state}.get(device.type)
     return {"cpu": torch.get_rng_state(), **({device.type: gpu()} if gpu else {})}
-
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
     if device.type in ("cuda", "mps") and state.get(device.type) is not None:
         setter = {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type]
         setter(state[device.type])
-
 class EpochLog:
-    """An epoch's progress bar, Ctrl-C, .seconds, and a NaN check of losses every 25 steps (a sync)."""
+    """An epoch's progress bar, Ctrl-C, .seconds, and a NaN check every 25 steps (a GPU sync)."""
     def __init__(self, epoch, epochs, n_images, losses, last):
         self.epoch, self.losses, self.left, self.t0 = epoch, losses, n_images, time.time()
         self.kept = f"ckpt.pt holds epoch {last}: --resume continues it" if last else \
             "no checkpoint was written"
         self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True)
-
     def __enter__(self):
         return self
-
     def step(self, n_images):
         self.bar.update(n_images)
         self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
@@ -610,11 +601,9 @@ class EpochLog:
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):
                 self.bar.close()  # else the bar redraws itself after the error line
-                step = bad[0].item()
-                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: "
-                    f"training stopped; {self.kept} (a lower --lr may help)")
+                die(f"the loss is {losses[bad[0]].item()} at epoch {self.epoch}, step "
+                    f"{bad[0].item() + 1}: training stopped; {self.kept} (a lower --lr may help)")
             self.bar.set_postfix(loss=f"{losses[-25:].mean().item():.4f}")
-
     def __exit__(self, error, *_):
         self.bar.close()  # also on Ctrl-C, before the one-line message (not after it)
         self.seconds = time.time() - self.t0
@@ -622,7 +611,7 @@ class EpochLog:
             die(f"interrupted in epoch {self.epoch}; {self.kept}", 130)
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
-    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0] without importing it (slow): (H', W')."""
+    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0], without importing it: (H', W')."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
     rows = math.ceil(n / cols)
@@ -633,15 +622,15 @@ def image_grid(x01, nrow, pad=2):
     return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
 # --- shared: figures inline ---
 def show(*paths):
-    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing: they are files."""
+    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing (files only)."""
     if in_notebook():
         from IPython.display import Image, display  # a notebook's kernel runs on IPython
         for path in paths:
             display(Image(filename=path))
 # --- shared: entry point ---
 def command(main):
-    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
-    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed
+    write are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
     def run(argv=None):
         global ctrl_c_pressed
         before = signal.getsignal(signal.SIGINT), sys.unraisablehook
@@ -658,16 +647,13 @@ def command(main):
             signal.signal(signal.SIGINT, before[0])
             ctrl_c_pressed, sys.unraisablehook = False, before[1]
     return run
-
 ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
-
 def on_ctrl_c(signum, frame):
     """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
     errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
-
 main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
     main()

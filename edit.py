@@ -9,8 +9,7 @@ Papers: Meng et al. 2021, SDEdit, https://arxiv.org/abs/2108.01073; Lugmayr et a
     python edit.py --anagram 6 9 --transform flip        # the course's upside-down flip, not a turn
 
 Math: x in [0, 1]; eps_w(x_t, y) = eps_u + w (eps_c - eps_u), u: no label (ddpm_class.py's model).
-"Denoise from t" (1.4): strided DDPM posterior steps t -> t' < t down to 0, ceil(steps t / T) of
-    them, each clipping its x_0 and adding the posterior's noise, none on the last (to t' = 0).
+"Denoise from t" (1.4): DDPM posterior steps t -> t' < t down to 0, no noise on the last (t' = 0).
   a 1.1   forward    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
   b 1.2   blur       x_hat = G_sigma * (x_t / sqrt(alpha_bar_t))   (it knows t, as the other two do)
     1.3   one step   x_hat = (x_t - sqrt(1 - alpha_bar_t) eps_u(x_t, t)) / sqrt(alpha_bar_t)
@@ -21,8 +20,7 @@ Math: x in [0, 1]; eps_w(x_t, y) = eps_u + w (eps_c - eps_u), u: no label (ddpm_
   e 1.7.3 translate  SDEdit of a digit a with the label b
   f 1.8   anagram    eps = (eps_w(x_t, a) + R^-1 eps_w(R x_t, b)) / 2, R = R^-1, a half-turn or flip
   g 1.9   hybrid     eps = L eps_w(x_t, a) + (1 - L) eps_w(x_t, b),  L a Gaussian low-pass
-  h       invert     x_0 -> x_T, DDIM (Song et al. 2020) backwards: each step finds the x_s, s > t,
-                     whose sampler step lands on x_t (a fixed point, eps taken at x_s)
+  h       invert     x_0 -> x_T, DDIM (Song et al. 2020) backwards, each step found as a fixed point
           slerp      x_T(alpha) = (sin((1 - alpha) theta) a + sin(alpha theta) b) / sin theta
 Conventions: t in {1..T} as in ddpm_class.py, t = 0 the digit itself; noise levels are flags t / T.
     x_T keeps sqrt(alpha_bar_T) of the digit (ddpm_class.py's header): SDEdit from T still sees it.
@@ -33,12 +31,12 @@ What you can delete for an assignment: the parts (a block of main() and a functi
     you are not asked for; without --image, load_drawing. The plumbing tail keeps runs safe.
 """
 import argparse
-import functools
 import math
 import os
 import signal
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -57,7 +55,7 @@ SHOW = (2, 4, 5, 8)    # the figures' digits: the first test digit of each of th
 FORWARD_T = (0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # part a's noise levels t / T
 DENOISE_T = (0.25, 0.5, 0.75)  # part b's: the course's t = 250, 500, 750 of 1000
 ANAGRAMS, HYBRIDS, SLERP_POINTS = 6, 3, 8  # f's anagrams, g's hybrids per pair, h's alphas 0..1
-PARALLEL = 1e-4        # h: slerp of a, b with sin(angle) below this is the straight line
+TRANSFORMS = {"half-turn": lambda x: x.rot90(2, (-2, -1)), "flip": lambda x: x.flip(-2)}  # R = R^-1
 # --- shared: flags ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
@@ -312,10 +310,9 @@ def gaussian_blur(x, sigma):
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))  # columns
 
 def posterior_step(x_t, x0, t, t_prev, sched, gen):
-    r"""The course's 1.4: one stride t -> t' = t_prev < t, x_t' ~ q(x_t' | x_t, x_0 its estimate).
-    The stride's alpha = alpha_bar_t / alpha_bar_t', beta = 1 - alpha (t' = t - 1: ddpm_step's)."""
+    r"""One stride (1.4) t -> t' = t_prev < t: x_t' ~ q(x_t' | x_t, x_0), x_0 the estimate."""
     ab, ab_prev = sched["alpha_bar"][t], sched["alpha_bar"][t_prev]
-    alpha = ab / ab_prev
+    alpha = ab / ab_prev  # the stride's alpha and beta (t' = t - 1: ddpm_step's)
     beta = 1 - alpha
     # x_t' = sqrt(alpha_bar_t') beta / (1 - alpha_bar_t) x_0
     #        + sqrt(alpha) (1 - alpha_bar_t') / (1 - alpha_bar_t) x_t  +  sigma z
@@ -328,11 +325,10 @@ def posterior_step(x_t, x0, t, t_prev, sched, gen):
 
 @torch.no_grad()
 def denoise_from(eps_fn, x_t, t, sched, steps, gen):
-    """Iterative denoising (1.4): posterior steps from x_t at t to 0 on the sampler's grid cut at t,
-    ceil(steps t / T) of them; each clips its x_0 estimate to [0, 1], as the sampler does."""
+    """Iterative denoising (1.4): posterior steps x_t -> x_0 on the sampler's grid cut at t."""
     ts = timesteps("ddim", t, math.ceil(steps * t / (len(sched["beta"]) - 1)))  # t, ..., 0
     for t, t_prev in zip(ts[:-1], ts[1:]):
-        x0 = predict_x0(x_t, t, eps_fn(x_t, t), sched).clamp(0, 1)
+        x0 = predict_x0(x_t, t, eps_fn(x_t, t), sched).clamp(0, 1)  # as the sampler clips
         x_t = posterior_step(x_t, x0, t, t_prev, sched, gen)
     return x_t
 
@@ -347,19 +343,16 @@ def sdedit(eps_fn, x0, t, sched, steps, gen):
 
 @torch.no_grad()
 def inpaint(eps_fn, x_orig, mask, sched, steps, gen):
-    """RePaint's simplest form (1.7.2): posterior steps (1.4) from noise; after every step the known
-    pixels (mask False) become x_orig noised to the new t: at t = 0, x_orig itself, exactly."""
+    """RePaint's simplest form (1.7.2): posterior steps (1.4) from noise; mask True: new pixels."""
     x = torch.randn(x_orig.shape, generator=gen).to(x_orig.device)
     ts = timesteps("ddim", len(sched["beta"]) - 1, steps)
     for t, t_prev in zip(ts[:-1], ts[1:]):
         x0 = predict_x0(x, t, eps_fn(x, t), sched).clamp(0, 1)    # one step of denoise_from
         x = posterior_step(x, x0, t, t_prev, sched, gen)
-        eps = torch.randn(x.shape, generator=gen).to(x.device)
-        x = torch.where(mask, x, q_sample(x_orig, t_prev, eps, sched))
+        eps = torch.randn(x.shape, generator=gen).to(x.device)  # known pixels: x_orig noised to t'
+        x = torch.where(mask, x, q_sample(x_orig, t_prev, eps, sched))  # at t' = 0, x_orig exactly
     return x
 # --- f-h: anagrams and hybrids, two noise estimates made one; DDIM inversion, slerp through x_T ---
-TRANSFORMS = {"half-turn": lambda x: x.rot90(2, (-2, -1)), "flip": lambda x: x.flip(-2)}  # R = R^-1
-
 def anagram_eps(eps_a, eps_b, R):
     """Visual anagrams (1.8): eps = (eps_a(x_t) + R^-1 eps_b(R x_t)) / 2, R^-1 = R."""
     return lambda x, t: (eps_a(x, t) + R(eps_b(R(x), t))) / 2
@@ -373,13 +366,12 @@ def hybrid_eps(eps_low, eps_high, lowpass):
 
 @torch.no_grad()
 def ddim_invert(eps_fn, x, sched, steps, iters):
-    """DDIM backwards, x_0 -> x_T on the sampler's t: each step finds the x_s (s > t) whose sampler
-    step lands on x_t, x_s = ddim_step(predict_x0(x_t, t, eps), eps, s), eps taken at (x_t, s) as
-    diffusers' DDIMInverseScheduler does, then `iters` times at the latest x_s: a fixed point."""
+    """DDIM backwards, x_0 -> x_T on the sampler's t: each step seeks the x_s (s > t) whose sampler
+    step lands on x_t, x_s = ddim_step(predict_x0(x_t, t, eps), eps, s), eps taken at x_s."""
     ts = timesteps("ddim", len(sched["beta"]) - 1, steps)[::-1]   # 0, ..., T: sampler's t reversed
     for t, s in zip(ts[:-1], ts[1:]):
-        x_s = x
-        for _ in range(iters + 1):
+        x_s = x  # first guess x_t (diffusers' DDIMInverseScheduler stops there)
+        for _ in range(iters + 1):  # then `iters` refinements at the latest x_s
             x0_s = predict_x0(x_s, s, eps_fn(x_s, s), sched).clamp(0, 1)
             eps = eps_from_x0(x_s, s, x0_s, sched)                # as the sampler's step from s
             x_s = ddim_step(predict_x0(x, t, eps, sched), eps, s, sched)
@@ -388,16 +380,14 @@ def ddim_invert(eps_fn, x, sched, steps, iters):
 
 def slerp(a, b, alpha):
     r"""Spherical interpolation of a, b (1, 1, 28, 28) at alpha (K, 1, 1, 1), theta = angle(a, b):
-    x = (sin((1 - alpha) theta) a + sin(alpha theta) b) / sin theta; |x| stays |a| only if |a| = |b|
-    (else it goes to |b|), where a straight line sags. (Anti)parallel a, b: the straight line."""
+    x = (sin((1 - alpha) theta) a + sin(alpha theta) b) / sin theta: |x| = |a| if |a| = |b|."""
     theta = ((a * b).sum() / (a.norm() * b.norm())).clamp(-1, 1).acos()  # angle(a, b)
-    if torch.sin(theta) < PARALLEL:
+    if torch.sin(theta) < 1e-4:  # a, b (anti)parallel: the straight line
         return (1 - alpha) * a + alpha * b
     return (torch.sin((1 - alpha) * theta) * a + torch.sin(alpha * theta) * b) / torch.sin(theta)
 # --- c (1.7.1): your own drawing as an MNIST digit; a figure of captioned panels ----------------
 def load_drawing(path):
-    """A PNG or JPEG of one digit, any size and polarity -> (1, 1, 28, 28) in [0, 1] as MNIST's:
-    white on black, cropped to the ink, scaled into 20x20, centred by mass; and the raw pixels."""
+    """A PNG or JPEG of a digit, any size or polarity -> (1, 1, 28, 28) as MNIST's; raw pixels."""
     try:
         im = Image.open(path).convert("RGBA")                     # read whole: Pillow closes it
         gray = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im).convert("L")
@@ -412,8 +402,7 @@ def load_drawing(path):
     rows, cols = (ink > 0.1).any(1).nonzero()[:, 0], (ink > 0.1).any(0).nonzero()[:, 0]
     ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]         # cropped to the ink
     h, w = (max(1, round(n * 20 / max(ink.shape))) for n in ink.shape)  # the longer side 20 px
-    box = F.interpolate(ink[None, None], size=(h, w), mode="bilinear", antialias=True)
-    box = box[0, 0].clamp(0, 1)                                   # (h, w)
+    box = F.interpolate(ink[None, None], (h, w), mode="bilinear", antialias=True)[0, 0].clamp(0, 1)
     cy = (box.sum(1) * torch.arange(h)).sum().item() / box.sum().item()  # centre of mass, px
     cx = (box.sum(0) * torch.arange(w)).sum().item() / box.sum().item()
     top = min(max(0, round(13.5 - cy)), 28 - h)                   # the mass at 13.5, inside 28x28
@@ -425,8 +414,7 @@ def plot_cells(rows, path, title):
     """rows of (image (H, W) in [0, 1] or None, caption) -> one PNG, a captioned panel per image."""
     n_cols = max(len(r) for r in rows)
     fig = Figure(figsize=(1.2 * n_cols, 1.4 * len(rows) + 0.3))
-    axes = fig.subplots(len(rows), n_cols, squeeze=False)
-    for ax_row, row in zip(axes, rows):
+    for ax_row, row in zip(fig.subplots(len(rows), n_cols, squeeze=False), rows):
         for ax, (img, caption) in zip(ax_row, row + [(None, "")] * (n_cols - len(row))):
             if img is not None:
                 ax.imshow(img.float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
@@ -451,7 +439,8 @@ def main(argv=None):
     row_labels = [str(d) for d in SHOW]
     os.makedirs(args.out_dir, exist_ok=True)
     png = {k: os.path.join(args.out_dir, f"{f}.png") for k, f in FIGURES.items()}
-    eps_u = functools.partial(digits_eps, model, NULL, w=0)  # eps_u(n digits)
+    eps_u = partial(digits_eps, model, NULL, w=0)  # eps_u(n digits)
+    ddim = partial(sample, sched=sched, sampler="ddim", steps=steps, gen=None)
     gens = {p: torch.Generator().manual_seed(args.seed * len(PARTS) + i)
             for i, p in enumerate(PARTS)}  # an RNG per part
 
@@ -512,26 +501,23 @@ def main(argv=None):
     # d (1.7.2): inpainting: masks True where pixels are new
     if "d" in args.parts:
         masks = torch.zeros(2, len(SHOW), 1, 28, 28, dtype=torch.bool)
-        masks[0, ..., :14, :] = True      # the top half
+        masks[0, ..., :14, :] = True  # the top half
         masks[1, ..., 8:20, 8:20] = True  # a 12x12 box in the centre
         masks = masks.flatten(0, 1).to(device)  # all with mask 0, then 1
         x_orig = x_show.repeat(2, 1, 1, 1)
         eps_fn = guided_eps(model, y_show.repeat(2), w)
         x = inpaint(eps_fn, x_orig, masks, sched, steps, gens["d"])
         x = x.view(2, -1, 1, 28, 28)  # (masks, digits, 1, 28, 28)
-        hidden = torch.where(masks, 0.5, x_orig)  # the new pixels grey
-        hidden = hidden.view(2, -1, 1, 28, 28)
+        hidden = torch.where(masks, 0.5, x_orig).view(x.shape)  # the new pixels grey
         grid = [x_show, hidden[0], x[0], hidden[1], x[1]]  # the columns
-        save_grid(torch.stack(grid, 1).flatten(0, 1), png["d"], 5,
-                  "d (1.7.2): inpainting, RePaint's simplest form "
-                  f"(own label, w={w:g})", row_labels,
-                  ["input", "top half", "inpainted", "centre", "inpainted"])
+        save_grid(torch.stack(grid, 1).flatten(0, 1), png["d"], len(grid),
+                  f"d (1.7.2): inpainting, RePaint's simplest form (own label, w={w:g})",
+                  row_labels, ["input", "top half", "inpainted", "centre", "inpainted"])
 
     # e (1.7.3): digit a made digit b at several t; translate.pt
     if "e" in args.parts:
         src, tgt = args.pairs[::2], args.pairs[1::2]  # a b a b ...
-        n_each = [int((labels == a).sum()) for a in src]
-        n = min([args.n_translate] + n_each)  # the rarest's count at most
+        n = min(args.n_translate, *[int((labels == a).sum()) for a in src])  # capped by the rarest
         idx = torch.cat([(labels == a).nonzero()[:n, 0] for a in src])
         x_src = x_test[idx]  # the first n test digits of each source
         y_tgt = torch.tensor(tgt).repeat_interleave(n)
@@ -562,8 +548,8 @@ def main(argv=None):
         a, b = args.anagram
         R = TRANSFORMS[args.transform]
         x_T = torch.randn((ANAGRAMS, 1, 28, 28), generator=gens["f"]).to(device)
-        eps_of = functools.partial(digits_eps, model, n=ANAGRAMS, w=w)
-        x = sample(anagram_eps(eps_of(a), eps_of(b), R), x_T, sched, "ddim", steps, None)
+        eps_of = partial(digits_eps, model, n=ANAGRAMS, w=w)
+        x = ddim(anagram_eps(eps_of(a), eps_of(b), R), x_T)
         save_grid(torch.cat([x, R(x)]), png["f"], ANAGRAMS,
                   f"f (1.8): visual anagrams, {a} upright and {b} "
                   f"under a {args.transform} (w={w:g})",
@@ -572,11 +558,10 @@ def main(argv=None):
     # g (1.9): hybrids, a digit's eps at low frequencies, another's high
     if "g" in args.parts:
         lows, highs = args.hybrid[::2], args.hybrid[1::2]  # low high ...
-        eps_of = functools.partial(digits_eps, model, n=HYBRIDS, w=w)
-        L = functools.partial(gaussian_blur, sigma=args.lowpass_sigma)
-        x_T = torch.randn((len(lows) * HYBRIDS, 1, 28, 28), generator=gens["g"])
-        x_T = x_T.to(device)
-        x = sample(hybrid_eps(eps_of(lows), eps_of(highs), L), x_T, sched, "ddim", steps, None)
+        eps_of = partial(digits_eps, model, n=HYBRIDS, w=w)
+        L = partial(gaussian_blur, sigma=args.lowpass_sigma)
+        x_T = torch.randn((len(lows) * HYBRIDS, 1, 28, 28), generator=gens["g"]).to(device)
+        x = ddim(hybrid_eps(eps_of(lows), eps_of(highs), L), x_T)
         x = x.view(len(lows), HYBRIDS, 1, 28, 28)  # (pairs, hybrids, 1, 28, 28)
         first = x[:, 0]  # each pair's first hybrid: afar, up close
         views = torch.stack([L(first), first - L(first) + 0.5], 1).clamp(0, 1)
@@ -590,13 +575,13 @@ def main(argv=None):
     if "h" in args.parts:
         x0 = torch.cat([x_show[:2], x_test[:args.n_score]])  # shown, scored
         x_T = ddim_invert(eps_u(len(x0)), x0, sched, steps, args.invert_iters)
-        x_rec = sample(eps_u(len(x0)), x_T, sched, "ddim", steps, None)
+        x_rec = ddim(eps_u(len(x0)), x_T)
         err = (x_rec - x0)[2:].square().flatten(1).mean(1).sqrt()  # scored
         print(f"h: DDIM inversion, {args.invert_iters} refinements per step: "
-              f"x_0 -> x_T -> x_0 RMS error {err.mean().item():.4f} "
+              f"x_0 -> x_T -> x_0 RMS error {err.mean():.4f} "
               f"(pixels in [0, 1], mean of {args.n_score} test digits)")
         alpha = torch.linspace(0, 1, SLERP_POINTS, device=device).view(-1, 1, 1, 1)
-        x_mid = sample(eps_u(SLERP_POINTS), slerp(x_T[:1], x_T[1:2], alpha), sched, "ddim", steps, None)
+        x_mid = ddim(eps_u(SLERP_POINTS), slerp(x_T[:1], x_T[1:2], alpha))  # the shown two
         noise = (0.5 + x_T / 6).clamp(0, 1)  # x_T's +-3 std in [0, 1]
         top = [[(x0[i, 0], "x_0"), (noise[i, 0], "its x_T (+-3 std)"),
                 (x_rec[i, 0], "decoded")] for i in (0, 1)]  # the shown two
@@ -606,7 +591,7 @@ def main(argv=None):
                    f"step), slerp through x_T (eps_u, DDIM {steps} steps)")
     print(f"done in {time.time() - t_start:.0f} s on {device} ({torch.get_num_threads()} "
           f"threads); in {args.out_dir}: " + ", ".join(sorted(os.listdir(args.out_dir))))
-    shown = [png[p] for p in PARTS if p in args.parts]  # this run's
+    shown = [png[p] for p in PARTS if p in args.parts]
     if args.image:
         shown.append(png["image"])
     show(*shown)  # in a notebook: below the cell
@@ -615,19 +600,17 @@ def main(argv=None):
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
 # --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    """A user error: one line on stderr, no traceback; in a notebook, the cell fails with it."""
     if in_notebook():
         raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
 class OneLineError(Exception):
     """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
     def _render_traceback_(self):
         return [str(self)]
-
 def in_notebook():
-    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    """True in a Jupyter or Colab kernel: sys.argv is the kernel's, and sys.exit ends nothing."""
     shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
     return shell is not None and "IPKernelApp" in shell.config
 # --- shared: device ---
@@ -645,16 +628,15 @@ def pick_device(name):
 # --- shared: MNIST ---
 def find_idx_files(data_dir, train):
     """The IDX image and label paths, or None: in DIR, DIR/MNIST/raw (torchvision), or Kaggle's."""
-    names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
+    names = [f"{'train' if train else 't10k'}-{k}-ubyte" for k in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
-            paths = [os.path.join(data_dir, folder, n) for n in file_names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]
+        for files in (names, [n.replace("-idx", ".idx") for n in names]):
+            paths = [os.path.join(data_dir, folder, n) for n in files]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, files)]
             if all(os.path.isfile(p) for p in paths):
                 return paths
-
 def read_idx(path, ndim):
-    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8 values) as a tensor."""
+    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8s) as a tensor."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -664,9 +646,8 @@ def read_idx(path, ndim):
     if len(values) != math.prod(sizes) or not values:
         raise ValueError(f"{path} holds {len(values)} values, its header says {sizes}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
-
 def load_mnist(data_dir, train=True, limit=0, device="cpu"):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from pixels p, labels (N,); limit > 0: the first."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28), pixels p; labels (N,); limit > 0: the first"""
     if find_idx_files(data_dir, train) is None:
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -685,7 +666,7 @@ def load_mnist(data_dir, train=True, limit=0, device="cpu"):
     return images.unsqueeze(1).float().div(255).to(device), labels.to(device)
 # --- shared: atomic save ---
 def save_atomic(obj, path, write=torch.save):
-    """write(obj, file) to path.tmp, fsync, rename: a kill or a full disk leaves the old file whole."""
+    """write(obj, file) to path.tmp, fsync, rename: a kill or full disk leaves the old file whole"""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -699,7 +680,7 @@ def save_atomic(obj, path, write=torch.save):
         die(f"cannot write {path} ({e.strerror or e}); the previous file, if any, is kept")
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
-    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0] without importing it (slow): (H', W')."""
+    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0], without importing it: (H', W')."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
     rows = math.ceil(n / cols)
@@ -708,34 +689,29 @@ def image_grid(x01, nrow, pad=2):
     grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2)  # a border above and left
     grid = grid.reshape(rows * (h + pad), cols * (w + pad))
     return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
-# --- shared: grids and uint8 ---
+# --- shared: grids ---
 def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
     """x (N, 1, 28, 28), clamped to [0, 1] -> a PNG of a grid, nrow images a row, labelled."""
     rows = math.ceil(len(x) / nrow)
-    fig = Figure(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
-    ax = fig.subplots()
+    ax = Figure(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5)).subplots()
     ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [],
                   fontsize=7)
     ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [],
                   fontsize=8)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-
-def to_uint8(x):
-    """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the frames of the .pt files."""
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
 # --- shared: figures inline ---
 def show(*paths):
-    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing: they are files."""
+    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing (files only)."""
     if in_notebook():
         from IPython.display import Image, display  # a notebook's kernel runs on IPython
         for path in paths:
             display(Image(filename=path))
 # --- shared: entry point ---
 def command(main):
-    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
-    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed
+    write are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
     def run(argv=None):
         global ctrl_c_pressed
         before = signal.getsignal(signal.SIGINT), sys.unraisablehook
@@ -752,16 +728,13 @@ def command(main):
             signal.signal(signal.SIGINT, before[0])
             ctrl_c_pressed, sys.unraisablehook = False, before[1]
     return run
-
 ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
-
 def on_ctrl_c(signum, frame):
     """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
     errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
-
 main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
     main()

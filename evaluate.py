@@ -444,19 +444,17 @@ def print_table(rows):
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
 # --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    """A user error: one line on stderr, no traceback; in a notebook, the cell fails with it."""
     if in_notebook():
         raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
 class OneLineError(Exception):
     """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
     def _render_traceback_(self):
         return [str(self)]
-
 def in_notebook():
-    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    """True in a Jupyter or Colab kernel: sys.argv is the kernel's, and sys.exit ends nothing."""
     shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
     return shell is not None and "IPKernelApp" in shell.config
 # --- shared: device ---
@@ -474,16 +472,15 @@ def pick_device(name):
 # --- shared: MNIST ---
 def find_idx_files(data_dir, train):
     """The IDX image and label paths, or None: in DIR, DIR/MNIST/raw (torchvision), or Kaggle's."""
-    names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
+    names = [f"{'train' if train else 't10k'}-{k}-ubyte" for k in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
-            paths = [os.path.join(data_dir, folder, n) for n in file_names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]
+        for files in (names, [n.replace("-idx", ".idx") for n in names]):
+            paths = [os.path.join(data_dir, folder, n) for n in files]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, files)]
             if all(os.path.isfile(p) for p in paths):
                 return paths
-
 def read_idx(path, ndim):
-    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8 values) as a tensor."""
+    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8s) as a tensor."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -493,9 +490,8 @@ def read_idx(path, ndim):
     if len(values) != math.prod(sizes) or not values:
         raise ValueError(f"{path} holds {len(values)} values, its header says {sizes}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
-
 def load_mnist(data_dir, train=True, limit=0, device="cpu"):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from pixels p, labels (N,); limit > 0: the first."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28), pixels p; labels (N,); limit > 0: the first"""
     if find_idx_files(data_dir, train) is None:
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -514,8 +510,8 @@ def load_mnist(data_dir, train=True, limit=0, device="cpu"):
     return images.unsqueeze(1).float().div(255).to(device), labels.to(device)
 # --- shared: entry point ---
 def command(main):
-    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
-    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed
+    write are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
     def run(argv=None):
         global ctrl_c_pressed
         before = signal.getsignal(signal.SIGINT), sys.unraisablehook
@@ -532,16 +528,13 @@ def command(main):
             signal.signal(signal.SIGINT, before[0])
             ctrl_c_pressed, sys.unraisablehook = False, before[1]
     return run
-
 ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
-
 def on_ctrl_c(signum, frame):
     """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
     errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
-
 main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
     main()

@@ -22,8 +22,9 @@ Conventions: training draws t ~ U[0, 1); sampling visits t = i / steps, i = 0..s
 Course (CS180 Fall 2025, 5B): --lr 1e-2 --lr-decay 0.1 --weight-decay 0 (Adam), w = 5, own UNet.
 Writes to --out-dir (runs/flow_class): ckpt.pt, samples_epochNNN.png, samples.png, loss.png,
     guidance.png, trajectory.pt and snapshots.pt (for make_gif.py), samples.pt (for evaluate.py).
-What you can delete for an assignment (the tail keeps runs safe): without --resume / --sample-only,
-    restore_run, the RNG state and open_run (call prepare_out_dir); heun_step; clip_x1 (--no-clip).
+What you can delete for an assignment (test_smoke.py does): without --resume, --sample-only and
+    --ckpt, open_run (call prepare_out_dir), restore_run (start from an empty run) and the RNG
+    state; find_idx_files' Kaggle dirs.
 """
 import argparse
 import copy
@@ -386,19 +387,17 @@ def main(argv=None):
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
 # --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    """A user error: one line on stderr, no traceback; in a notebook, the cell fails with it."""
     if in_notebook():
         raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
 class OneLineError(Exception):
     """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
     def _render_traceback_(self):
         return [str(self)]
-
 def in_notebook():
-    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    """True in a Jupyter or Colab kernel: sys.argv is the kernel's, and sys.exit ends nothing."""
     shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
     return shell is not None and "IPKernelApp" in shell.config
 # --- shared: device ---
@@ -416,16 +415,15 @@ def pick_device(name):
 # --- shared: MNIST ---
 def find_idx_files(data_dir, train):
     """The IDX image and label paths, or None: in DIR, DIR/MNIST/raw (torchvision), or Kaggle's."""
-    names = [f"{'train' if train else 't10k'}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
+    names = [f"{'train' if train else 't10k'}-{k}-ubyte" for k in ("images-idx3", "labels-idx1")]
     for folder in ("", "MNIST/raw", "raw", "archive"):
-        for file_names in (names, [n.replace("-idx", ".idx") for n in names]):
-            paths = [os.path.join(data_dir, folder, n) for n in file_names]
-            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, file_names)]
+        for files in (names, [n.replace("-idx", ".idx") for n in names]):
+            paths = [os.path.join(data_dir, folder, n) for n in files]
+            paths = [os.path.join(p, n) if os.path.isdir(p) else p for p, n in zip(paths, files)]
             if all(os.path.isfile(p) for p in paths):
                 return paths
-
 def read_idx(path, ndim):
-    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8 values) as a tensor."""
+    """One IDX file (bytes 0, 0, 8, ndim; ndim 4-byte big-endian sizes; uint8s) as a tensor."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != bytes([0, 0, 8, ndim]):
@@ -435,9 +433,8 @@ def read_idx(path, ndim):
     if len(values) != math.prod(sizes) or not values:
         raise ValueError(f"{path} holds {len(values)} values, its header says {sizes}")
     return torch.frombuffer(bytearray(values), dtype=torch.uint8).view(sizes)
-
 def load_mnist(data_dir, train=True, limit=0, device="cpu"):
-    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28) from pixels p, labels (N,); limit > 0: the first."""
+    """Digits x = p / 255 in [0, 1] (N, 1, 28, 28), pixels p; labels (N,); limit > 0: the first"""
     if find_idx_files(data_dir, train) is None:
         try:
             import torchvision  # here, not at the top: only a download needs it
@@ -456,7 +453,7 @@ def load_mnist(data_dir, train=True, limit=0, device="cpu"):
     return images.unsqueeze(1).float().div(255).to(device), labels.to(device)
 # --- shared: atomic save ---
 def save_atomic(obj, path, write=torch.save):
-    """write(obj, file) to path.tmp, fsync, rename: a kill or a full disk leaves the old file whole."""
+    """write(obj, file) to path.tmp, fsync, rename: a kill or full disk leaves the old file whole"""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -470,7 +467,7 @@ def save_atomic(obj, path, write=torch.save):
         die(f"cannot write {path} ({e.strerror or e}); the previous file, if any, is kept")
 # --- shared: run safety ---
 def prepare_out_dir(out_dir, continuing):
-    """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
+    """Make --out-dir, check it takes files, never start over a run there; return ckpt.pt's path."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         open(os.path.join(out_dir, ".write_test"), "wb").close()
@@ -482,29 +479,24 @@ def prepare_out_dir(out_dir, continuing):
         die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, "
             f"or another --out-dir")
     return ckpt_path
-
 def rng_state(device):
     """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
     gpu = {"cuda": torch.cuda.get_rng_state_all, "mps": torch.mps.get_rng_state}.get(device.type)
     return {"cpu": torch.get_rng_state(), **({device.type: gpu()} if gpu else {})}
-
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
     if device.type in ("cuda", "mps") and state.get(device.type) is not None:
         setter = {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type]
         setter(state[device.type])
-
 class EpochLog:
-    """An epoch's progress bar, Ctrl-C, .seconds, and a NaN check of losses every 25 steps (a sync)."""
+    """An epoch's progress bar, Ctrl-C, .seconds, and a NaN check every 25 steps (a GPU sync)."""
     def __init__(self, epoch, epochs, n_images, losses, last):
         self.epoch, self.losses, self.left, self.t0 = epoch, losses, n_images, time.time()
         self.kept = f"ckpt.pt holds epoch {last}: --resume continues it" if last else \
             "no checkpoint was written"
         self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True)
-
     def __enter__(self):
         return self
-
     def step(self, n_images):
         self.bar.update(n_images)
         self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
@@ -515,11 +507,9 @@ class EpochLog:
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):
                 self.bar.close()  # else the bar redraws itself after the error line
-                step = bad[0].item()
-                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: "
-                    f"training stopped; {self.kept} (a lower --lr may help)")
+                die(f"the loss is {losses[bad[0]].item()} at epoch {self.epoch}, step "
+                    f"{bad[0].item() + 1}: training stopped; {self.kept} (a lower --lr may help)")
             self.bar.set_postfix(loss=f"{losses[-25:].mean().item():.4f}")
-
     def __exit__(self, error, *_):
         self.bar.close()  # also on Ctrl-C, before the one-line message (not after it)
         self.seconds = time.time() - self.t0
@@ -527,9 +517,9 @@ class EpochLog:
             die(f"interrupted in epoch {self.epoch}; {self.kept}", 130)
 # --- shared: checkpoints ---
 def open_run(args, given, script, train_keys):
-    """ckpt.pt's path, and for --resume or --sample-only (--ckpt implies it) the checkpoint (--ckpt,
-    else ckpt.pt; None for a new run). The run takes its training flags: for --resume, one given with
-    another value is an error; for sampling, a given --seed draws other noise. --epochs may grow."""
+    """ckpt.pt's path, and for --resume or --sample-only (--ckpt implies it) the checkpoint
+    (--ckpt, else ckpt.pt; None for a new run). The run takes its training flags: for --resume,
+    one given with another value is an error; for sampling, a given --seed draws other noise."""
     if args.ckpt and args.resume:
         die("--ckpt is for sampling (it implies --sample-only); --resume continues OUT_DIR/ckpt.pt")
     args.sample_only = args.sample_only or bool(args.ckpt)
@@ -565,7 +555,6 @@ def open_run(args, given, script, train_keys):
     if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
         print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
     return ckpt_path, ckpt
-
 def restore_run(ckpt, model, ema, opt, device, out_dir):
     """The run so far (epochs, losses, grids); the weights, optimizer and RNG put back."""
     run = {"epoch": 0, "loss_history": torch.zeros(0), "snapshots": {}}
@@ -585,34 +574,32 @@ def restore_run(ckpt, model, ema, opt, device, out_dir):
     run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
     run["snapshots"] = {e: g for e, g in grids.items() if e <= run["epoch"]}
     return run
-
 def save_run(run, model, ema, opt, args, device, path, script):
     """The checkpoint: weights, EMA, optimizer, RNG, loss history and the flags that made them."""
     save_atomic({"script": script, "config": vars(args), "epoch": run["epoch"],
                  "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                  "loss_history": run["loss_history"], "rng": rng_state(device)}, path)
-# --- shared: snapshots and loss ---
+# --- shared: snapshots ---
 def save_snapshot(run, epoch, x, y, out_dir, row_labels, title):
     """An epoch's grid of samples x: a PNG, and in snapshots.pt (make_gif.py --progress)."""
     run["snapshots"][epoch] = to_uint8(x).cpu()
     save_grid(x, os.path.join(out_dir, f"samples_epoch{epoch:03d}.png"), 8, title, row_labels)
     save_atomic({"grids": run["snapshots"], "y": None if y is None else y.cpu()},
                 os.path.join(out_dir, "snapshots.pt"))
-
+# --- shared: loss plot ---
 def plot_loss(losses, path, title):
     """Per-step loss (light) and its moving average (dark), log scale."""
     k = max(1, len(losses) // 100)  # the moving average's window
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
+    ax = Figure(figsize=(6, 3.5)).subplots()
     ax.plot(losses.numpy(), alpha=0.3, lw=0.5, label="per step")
     mean = losses.unfold(0, k, 1).mean(1)
     ax.plot(range(k - 1, len(losses)), mean.numpy(), lw=1.5, label=f"mean of {k} steps")
     ax.set(yscale="log", xlabel="step", ylabel="MSE loss", title=title)
     ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
-    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0] without importing it (slow): (H', W')."""
+    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0], without importing it: (H', W')."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
     rows = math.ceil(n / cols)
@@ -621,34 +608,33 @@ def image_grid(x01, nrow, pad=2):
     grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2)  # a border above and left
     grid = grid.reshape(rows * (h + pad), cols * (w + pad))
     return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
-# --- shared: grids and uint8 ---
+# --- shared: grids ---
 def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
     """x (N, 1, 28, 28), clamped to [0, 1] -> a PNG of a grid, nrow images a row, labelled."""
     rows = math.ceil(len(x) / nrow)
-    fig = Figure(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
-    ax = fig.subplots()
+    ax = Figure(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5)).subplots()
     ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [],
                   fontsize=7)
     ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [],
                   fontsize=8)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-
+    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+# --- shared: uint8 ---
 def to_uint8(x):
     """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the frames of the .pt files."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 # --- shared: figures inline ---
 def show(*paths):
-    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing: they are files."""
+    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing (files only)."""
     if in_notebook():
         from IPython.display import Image, display  # a notebook's kernel runs on IPython
         for path in paths:
             display(Image(filename=path))
 # --- shared: entry point ---
 def command(main):
-    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
-    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed
+    write are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
     def run(argv=None):
         global ctrl_c_pressed
         before = signal.getsignal(signal.SIGINT), sys.unraisablehook
@@ -665,16 +651,13 @@ def command(main):
             signal.signal(signal.SIGINT, before[0])
             ctrl_c_pressed, sys.unraisablehook = False, before[1]
     return run
-
 ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
-
 def on_ctrl_c(signum, frame):
     """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
     errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
-
 main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
     main()

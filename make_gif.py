@@ -342,32 +342,30 @@ def load_snapshots(run_dir):
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
 # --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    """A user error: one line on stderr, no traceback; in a notebook, the cell fails with it."""
     if in_notebook():
         raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
 class OneLineError(Exception):
     """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
     def _render_traceback_(self):
         return [str(self)]
-
 def in_notebook():
-    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    """True in a Jupyter or Colab kernel: sys.argv is the kernel's, and sys.exit ends nothing."""
     shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
     return shell is not None and "IPKernelApp" in shell.config
 # --- shared: figures inline ---
 def show(*paths):
-    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing: they are files."""
+    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing (files only)."""
     if in_notebook():
         from IPython.display import Image, display  # a notebook's kernel runs on IPython
         for path in paths:
             display(Image(filename=path))
 # --- shared: entry point ---
 def command(main):
-    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
-    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed
+    write are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
     def run(argv=None):
         global ctrl_c_pressed
         before = signal.getsignal(signal.SIGINT), sys.unraisablehook
@@ -384,16 +382,13 @@ def command(main):
             signal.signal(signal.SIGINT, before[0])
             ctrl_c_pressed, sys.unraisablehook = False, before[1]
     return run
-
 ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
-
 def on_ctrl_c(signum, frame):
     """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
     errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
-
 main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
     main()

@@ -1,29 +1,24 @@
-r"""Reflow: straighten a trained flow so that one network evaluation draws a digit.
+r"""Reflow: straighten a trained flow, so that one network evaluation draws a digit.
 
-Papers: Liu, Gong, Liu 2022, "Flow Straight and Fast" (rectified flow, reflow), https://arxiv.org/abs/2209.03003
+Papers: Liu, Gong, Liu 2022, "Flow Straight and Fast" (rectified flow), https://arxiv.org/abs/2209.03003
         Lee, Lin, Fanti 2024, "Improving the Training of Rectified Flows", https://arxiv.org/abs/2405.20320
 
-    python reflow.py                        # teacher pretrained/flow_class.pt: pairs, reflow, figures
-    python reflow.py --resume               # continue a killed run (the pairs are kept)
-    python reflow.py --student pretrained/reflow_class.pt --steps 1 --n-samples 1000   # for evaluate.py
-Math (flow_class.py's conventions: x_0 noise, x_1 a digit, t in [0, 1]):
-    coupling     x_1 = Phi(x_0, y): the teacher's guided ODE solution from the noise x_0 (a. make the pairs)
-    reflow_loss  || (x_1 - x_0) - u_theta(x_t, t, y) ||^2, x_t = (1 - t) x_0 + t x_1 (b. train the student)
-    Why it works: the teacher was trained on random pairs (noise, any digit), so at x_t it learned the
-    average direction E[x_1 - x_0 | x_t]. Near t = 0 that average points at a blur of many digits, and the
-    path bends later, once the digit shows. Euler's step follows the direction at its start, so one step
-    lands on the blur. The pairs (x_0, Phi(x_0, y)) are one-to-one: the lines between them barely cross,
-    the average is the line itself, and the student's paths are straight; on a straight path u is constant
-    and one Euler step, x_1 = x_0 + u_theta(x_0, 0, y), is exact.
-    straightness S = E_t || u(x_t, t) - (x_1 - x_0) ||^2 along a model's own path (0: a straight line)
-    The guidance is baked in: the pairs are guided (w, from --guide-from), the student learns u_c only.
-Conventions: pixels in [0, 1] (flow_class.py's); the student is flow_class.py's UNet, started from the
-    teacher's weights; t ~ U-shaped (--t-dist u: density cosh(4 (t - 1/2)), more t near 0 and 1) or uniform.
-Writes to --out-dir (default runs/reflow): pairs.pt (the couplings, saved as they are made), ckpt.pt (every
-    epoch), samples_epochNNN.png (1 step, every epoch), samples.png, compare.png (teacher and student at 1, 2,
-    4, 8 steps, the same noise), straightness.png, paths.png (pixel paths), loss.png, samples.pt.
-What you can delete for an assignment (the tail keeps runs safe): the checks in load_teacher and
-    load_pairs; --resume (restore_run, open_run: call prepare_out_dir); heun_step and clip_x1.
+    python reflow.py                   # teacher pretrained/flow_class.pt: pairs, reflow, figures
+    python reflow.py --resume          # continue a killed run (the pairs drawn are kept)
+    python reflow.py --student pretrained/reflow_class.pt --n-samples 1000   # for evaluate.py
+Math (flow_class.py's conventions: x_0 noise, x_1 a digit in [0, 1], t in [0, 1]):
+    coupling     x_1 = Phi(x_0, y): the teacher's guided ODE solution from the noise x_0
+    reflow loss  || (x_1 - x_0) - u_theta(x_t, t, y) ||,  x_t = (1 - t) x_0 + t x_1  (L2 or Huber)
+    straightness S = E_t || u(x_t, t) - (x_1 - x_0) ||^2 along a model's own path (0: straight)
+Why: trained on random pairs (noise, any digit), the teacher's u at x_t is the average direction
+    E[x_1 - x_0 | x_t]: near t = 0, toward a blur of many digits. The path bends once a digit shows,
+    and one Euler step, which follows the direction at its start, lands on the blur. The pairs
+    (x_0, Phi(x_0, y)) are one-to-one: their lines barely cross, the average is the line itself, u
+    is constant along it, and one step, x_0 + u(x_0, 0, y), is exact. The guidance is baked in.
+Writes to --out-dir (runs/reflow): pairs.pt, ckpt.pt, samples_epochNNN.png (1 step), samples.png,
+    compare.png (both models, 1 to 8 steps), straightness.png (S and pixel paths), samples.pt.
+What you can delete for an assignment: the checks in load_teacher and load_pairs; --resume
+    (open_run: call prepare_out_dir; restore_run: start from an empty run); clip_x1.
 """
 import argparse
 import copy
@@ -41,14 +36,13 @@ from matplotlib.figure import Figure  # writes files, and leaves a notebook's py
 from tqdm import tqdm
 
 SCRIPT = "reflow"
-NULL = 10                 # flow_class.py's "no label" class (digits are 0..9)
-CHUNK = 250               # pairs drawn per teacher batch; pairs.pt is saved every SAVE_EVERY pairs
-SAVE_EVERY = 2000
+NULL = 10                     # flow_class.py's "no label" class (digits are 0..9)
+CHUNK, SAVE_EVERY = 250, 2000  # pairs a teacher batch draws; pairs.pt is saved every 2000 pairs
 COMPARE_STEPS = (1, 2, 4, 8)  # compare.png: teacher and student at these Euler steps
-PATH_STEPS = 50           # the Euler steps of the straightness measure and the pixel paths
+PATH_STEPS = 50               # the Euler steps of the straightness measure and the pixel paths
 PAIR_KEYS = ("pairs", "pair_steps", "guidance", "guide_from", "clip", "seed")  # pairs.pt's
-TRAIN_KEYS = ("ckpt_teacher", "pairs", "pair_steps", "guidance", "guide_from", "clip", "loss", "t_dist",
-              "batch_size", "lr", "weight_decay", "ema_decay", "seed")
+TRAIN_KEYS = ("ckpt_teacher", *PAIR_KEYS, "loss", "t_dist", "batch_size", "lr", "weight_decay",
+              "ema_decay")
 # --- shared: flags ---
 def number(kind, lo, hi=math.inf, lo_included=True):
     """A flag's type: number(int, 0) takes an integer >= 0, number(float, 0, 1) a float in [0, 1);
@@ -81,34 +75,31 @@ def get_args(argv=None):
     g = ap.add_argument_group("teacher and pairs")
     g.add_argument("--ckpt", dest="ckpt_teacher", default="pretrained/flow_class.pt",
                    help="the teacher: a flow_class.py checkpoint")
-    g.add_argument("--pairs", type=number(int, 1), default=20000, help="couplings (x_0, y, x_1) drawn")
-    g.add_argument("--pair-steps", type=number(int, 1), default=20, help="teacher's Euler steps per pair")
+    g.add_argument("--pairs", type=number(int, 1), default=20000, help="couplings (x_0, y, x_1)")
+    g.add_argument("--pair-steps", type=number(int, 1), default=20, help="teacher's Euler steps")
     g.add_argument("--guidance", type=number(float, -math.inf), default=5.0, help="teacher's w")
-    g.add_argument("--guide-from", type=number(float, 0, 1), default=0.6, help="w > 1 from this t on")
-    g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
-                   help="aim each step at the predicted digit clipped to [0, 1] (clip_x1)")
+    g.add_argument("--guide-from", type=number(float, 0, 1), default=0.6, help="w > 1 from this t")
+    g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True, help="clip_x1")
     g = ap.add_argument_group("reflow")
-    g.add_argument("--loss", choices=["l2", "huber"], default="l2",
-                   help="squared error, or pseudo-Huber (Lee et al. 2024)")
-    g.add_argument("--t-dist", choices=["uniform", "u"], default="u", help="how t is drawn in training")
+    g.add_argument("--loss", choices=["l2", "huber"], default="huber", help="see reflow_loss")
+    g.add_argument("--t-dist", choices=["uniform", "u"], default="u", help="t's; see sample_t")
     g.add_argument("--epochs", type=number(int, 0), default=30, help="passes over the pairs")
-    g.add_argument("--batch-size", type=number(int, 1), default=128, help="pairs per optimizer step")
+    g.add_argument("--batch-size", type=number(int, 1), default=128, help="pairs per step")
     g.add_argument("--lr", type=number(float, 0, lo_included=False), default=3e-4, help="AdamW's")
     g.add_argument("--weight-decay", type=number(float, 0), default=0.01, help="AdamW's")
-    g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of the weights")
+    g.add_argument("--ema-decay", type=number(float, 0, 1), default=0.999, help="EMA of weights")
     g = ap.add_argument_group("sampling")
     g.add_argument("--sampler", choices=["euler", "heun"], default="euler", help="the student's")
-    g.add_argument("--steps", type=number(int, 1), default=1, help="the student's steps (1: one NFE)")
-    g.add_argument("--n-samples", type=number(int, 0), default=0, help="also sample N into samples.pt")
+    g.add_argument("--steps", type=number(int, 1), default=1, help="the student's (1: one NFE)")
+    g.add_argument("--n-samples", type=number(int, 0), default=0, help="also N into samples.pt")
     g = ap.add_argument_group("run")
-    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="pairs, checkpoint and plots go here")
+    g.add_argument("--out-dir", default=f"runs/{SCRIPT}", help="pairs, checkpoint, plots go here")
     g.add_argument("--resume", action="store_true", help="continue training from ckpt.pt")
-    g.add_argument("--sample-only", action="store_true", help="load ckpt.pt and sample, no training")
-    g.add_argument("--student", dest="ckpt", default="",
-                   help="sample this reflow file (pretrained/reflow_class.pt); implies --sample-only")
+    g.add_argument("--sample-only", action="store_true", help="sample from ckpt.pt, no training")
+    g.add_argument("--student", dest="ckpt", default="", help="sample this file (no training)")
     g.add_argument("--seed", type=number(int, 0), default=0, help="same seed, same run")
-    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), or cpu, cuda, mps")
-    args, given = parse_flags(ap, argv)
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu), cpu, cuda, mps")
+    args, given = parse_flags(ap, argv)  # given: the flags on the command line, checked by --resume
     args.nfe = count_nfe(args.sampler, args.steps)
     return args, given
 # --- shared: flow path ---
@@ -263,17 +254,15 @@ def draw_pairs(pairs, u_teacher, steps, device, save):
     x_0, CHUNK pairs a batch; save() every SAVE_EVERY pairs and at the end, so a kill keeps them."""
     n = len(pairs["x0"])
     for i in tqdm(range(pairs["done"], n, CHUNK), desc="pairs", unit="batch"):
-        x0 = pairs["x0"][i:i + CHUNK].to(device)
-        y = pairs["y"][i:i + CHUNK].to(device)
+        x0, y = pairs["x0"][i:i + CHUNK].to(device), pairs["y"][i:i + CHUNK].to(device)
         pairs["x1"][i:i + CHUNK] = flow_sample(u_teacher(y), x0, "euler", steps).cpu()
         pairs["done"] = min(i + CHUNK, n)
         if pairs["done"] % SAVE_EVERY == 0 or pairs["done"] == n:
             save()
-# --- b. reflow: the student's loss on the coupled pairs ---------------------------------
+# --- b. reflow: the student's loss on the coupled pairs -----------------------------------------
 def sample_t(n, t_dist, device):
     """t (n,) in [0, 1]: uniform, or U-shaped with density cosh(a (t - 1/2)) / Z, a = 4, drawn by
-    inverting its CDF F(t) = 1/2 + sinh(a (t - 1/2)) / (2 sinh(a / 2)): the ends, t = 0 (where one
-    step starts) and t = 1, get about 3.7 times the middle's weight."""
+    inverting its CDF F(t) = 1/2 + sinh(a (t - 1/2)) / (2 sinh(a / 2)): more t near 0 and 1."""
     r = torch.rand(n, device=device)
     if t_dist == "uniform":
         return r
@@ -281,10 +270,9 @@ def sample_t(n, t_dist, device):
     return 0.5 + torch.asinh((2 * r - 1) * math.sinh(a / 2)) / a
 
 def reflow_loss(model, x0, x1, y, scale, loss, t_dist):
-    """|| (x_1 - x_0) - u_theta(x_t, t, y) || on the pairs' straight lines, x_t = (1 - t) x_0 + t x_1.
-    l2: the squared error per pixel, as flow_class.py's loss. huber: sqrt(||.||^2 + c^2) - c per
-    digit, c = 0.00054 sqrt(784) (Lee et al. 2024): about ||.|| for large errors, so a few pairs the
-    student cannot yet fit weigh less than under the square."""
+    """|| (x_1 - x_0) - u_theta(x_t, t, y) || on the pairs' lines, x_t = (1 - t) x_0 + t x_1.
+    l2: the squared error a pixel. huber: sqrt(||.||^2 + c^2) - c a digit, c = 0.00054 sqrt(784)
+    (Lee et al. 2024): about ||.|| when large, so pairs not fit yet weigh less than squared."""
     t = sample_t(len(x0), t_dist, x0.device)
     err = velocity(model, interpolate(x0, x1, t), t, scale, y) - target_velocity(x0, x1)
     if loss == "l2":
@@ -293,7 +281,7 @@ def reflow_loss(model, x0, x1, y, scale, loss, t_dist):
     return (err.flatten(1).square().sum(1) + c * c).sqrt().sub(c).mean()
 
 def straightness(path):
-    """S(t) = mean || u(x_t, t) - (x_1 - x_0) ||^2 per pixel along one Euler path [x_0, ..., x_1]:
+    """S(t) = mean || u(x_t, t) - (x_1 - x_0) ||^2 a pixel along one Euler path [x_0, ..., x_1]:
     Euler's u at step i is (x_{i+1} - x_i) / dt exactly. S = 0 for a straight line."""
     xs = torch.stack(path)                         # (steps + 1, B, 1, 28, 28)
     u = (xs[1:] - xs[:-1]) * (len(path) - 1)       # dt = 1 / steps
@@ -310,67 +298,59 @@ def ema_update(ema, model, decay, step):
 def load_teacher(path, device):
     """flow_class.py's EMA weights as a UNet, its time scale, and a fingerprint of the weights."""
     if not os.path.isfile(path):
-        die(f"no teacher at {path}: train one with flow_class.py, then pass --ckpt runs/flow_class/ckpt.pt")
+        die(f"no teacher at {path}: train one with flow_class.py, then pass --ckpt FILE")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         script, config = ckpt["script"], ckpt["config"]
     except Exception as e:
         die(f"{path} is not a readable checkpoint ({type(e).__name__})")
     if script != "flow_class":
-        die(f"{path} was written by {script}.py: the teacher must be a flow_class.py checkpoint "
-            f"(class-conditioned flow matching, guided)")
-    teacher = UNet(config["channels"], n_classes=11).to(device, memory_format=torch.channels_last)
+        die(f"{path} was written by {script}.py: the teacher is a flow_class.py checkpoint")
+    teacher = UNet(config["channels"], n_classes=NULL + 1)  # digits 0..9 and NULL
+    teacher = teacher.to(device, memory_format=torch.channels_last)  # faster on CPU
     teacher.load_state_dict(ckpt["ema"])
     fingerprint = sum(v.double().abs().sum().item() for v in ckpt["ema"].values())
     return teacher.requires_grad_(False), config["time_scale"], fingerprint
 
 def load_pairs(path, args, fingerprint):
-    """pairs.pt if it was made by this teacher with these flags (a kill leaves the pairs made so far),
-    else new: the noise x_0 and labels y of every pair, drawn up front from --seed; x_1 to be drawn."""
+    """pairs.pt, if this teacher drew it with these flags (a kill leaves the pairs drawn so far);
+    else new pairs: the noise x_0 and label y of each, from --seed, and x_1 still to draw."""
     made_by = {"teacher": fingerprint, **{k: getattr(args, k) for k in PAIR_KEYS}}
+    n = args.pairs
     if not os.path.exists(path):
-        gen = torch.Generator().manual_seed(args.seed)
-        x0 = torch.randn(args.pairs, 1, 28, 28, generator=gen)
-        return {"x0": x0, "y": torch.arange(args.pairs) % 10, "x1": torch.zeros_like(x0), "done": 0,
-                "made_by": made_by}
+        x0 = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
+        y = torch.arange(n) % 10
+        return {"x0": x0, "y": y, "x1": torch.zeros_like(x0), "done": 0, "made_by": made_by}
     try:
         pairs = torch.load(path, weights_only=True)
-        ok = pairs["x0"].shape == pairs["x1"].shape == (args.pairs, 1, 28, 28) and \
-            pairs["y"].shape == (args.pairs,) and 0 <= pairs["done"] <= args.pairs
+        made = pairs["made_by"]
     except Exception as e:
-        die(f"{path} is not a readable pairs file ({type(e).__name__}): delete it to draw the pairs again")
-    if not ok:
-        die(f"{path} does not hold {args.pairs} pairs of 28x28 digits: delete it to draw them again")
-    if pairs["made_by"] != made_by:
-        die(f"{path} was made by another teacher or flags ({pairs['made_by']}): use another --out-dir")
+        die(f"{path} is not a readable pairs file ({type(e).__name__}): delete it to draw again")
+    if made != made_by:
+        die(f"{path} was made by another teacher or flags ({made}): use another --out-dir")
     return pairs
-# --- figures of straightness ----------------------------------------------------------------------
-def plot_straightness(S, path):
-    """S(t) of teacher and student along their own paths, log scale, their means in the legend."""
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    for who, s in S.items():
-        ax.plot(torch.arange(len(s)) / len(s), s.cpu().numpy(), label=f"{who}: S = {s.mean():.4f}")
-    ax.set(yscale="log", xlabel="t", ylabel="|u(x_t, t) - (x_1 - x_0)|^2 per pixel",
-           title="straightness along the path (0: a straight line)")
-    ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-
-def plot_paths(paths, path):
-    """x_t against t for the six pixels of the first digit whose teacher path bends most (farthest
-    from its chord), teacher (left) and student (right), the same pixels and noise."""
-    xs = {who: torch.stack(p)[:, 0, 0].flatten(1).cpu() for who, p in paths.items()}  # (steps + 1, 784)
+# --- figure: straightness -----------------------------------------------------------------------
+def plot_straightness(S, paths, path):
+    """Left: S(t) of teacher and student along their own paths. Right: x_t against t for the six
+    pixels of the first digit whose teacher path bends most (farthest from its chord)."""
+    xs = {who: torch.stack(p)[:, 0, 0].flatten(1).cpu() for who, p in paths.items()}  # (T+1, 784)
     t = torch.linspace(0, 1, len(xs["teacher"]))[:, None]
     chord = xs["teacher"][0] + t * (xs["teacher"][-1] - xs["teacher"][0])
     pixels = (xs["teacher"] - chord).abs().amax(0).topk(6).indices
-    fig = Figure(figsize=(8, 3.2))
-    for ax, (who, x) in zip(fig.subplots(1, 2, sharey=True), xs.items()):
+    axes = Figure(figsize=(13, 3.2)).subplots(1, 3)
+    for who, s in S.items():
+        axes[0].plot(torch.arange(len(s)) / len(s), s.cpu(), label=f"{who}: S = {s.mean():.4f}")
+    axes[0].set(yscale="log", xlabel="t", ylabel="|u - (x_1 - x_0)|^2 a pixel",
+                title="straightness (0: a straight line)")
+    axes[0].legend()
+    axes[2].sharey(axes[1])
+    for ax, (who, x) in zip(axes[1:], xs.items()):
         ax.plot(t.numpy(), x[:, pixels].numpy())
         ax.set(xlabel="t", title=f"{who}: x_t of 6 pixels")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    axes[0].figure.savefig(path, dpi=100, bbox_inches="tight")
 # --- main ---------------------------------------------------------------------------------------
 def main(argv=None):
-    # setup: flags and device; with --resume or --sample-only, the checkpoint (its flags are the run's)
+    # setup: flags, device, and the checkpoint of --resume or --sample-only
     args, given = get_args(argv)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
@@ -379,35 +359,30 @@ def main(argv=None):
 
     def out(name):  # a file in --out-dir
         return os.path.join(args.out_dir, name)
-
-    # the teacher: flow_class.py's weights, guided as flow_class.py samples
+    # the teacher (flow_class.py's weights); the student, a copy of it
     teacher, scale, fingerprint = load_teacher(args.ckpt_teacher, device)
-
-    def u_teacher(y):  # w from --guide-from on, the predicted digit clipped (--clip)
-        u_fn = guided_velocity_fn(teacher, y, args.guidance, scale, args.guide_from)
-        return clip_x1(u_fn) if args.clip else u_fn
-
-    # the student: the same UNet, from the teacher's weights; we sample its EMA
     model = copy.deepcopy(teacher).requires_grad_(True)
-    ema = copy.deepcopy(model).requires_grad_(False)
+    ema = copy.deepcopy(model).requires_grad_(False)  # the student we sample
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     run = restore_run(ckpt, model, ema, opt, device, args.out_dir)
 
-    def u_student(y):  # no guidance pass: the pairs were guided, and it learned them
-        def u_fn(x, t):
-            t_batch = torch.full((len(x),), t, device=x.device)
-            return velocity(ema, x, t_batch, scale, y)
+    def u_teacher(y):  # as flow_class.py samples: guided, clipped
+        u_fn = guided_velocity_fn(teacher, y, args.guidance, scale, args.guide_from)
         return clip_x1(u_fn) if args.clip else u_fn
 
-    # a. the couplings x_1 = Phi(x_0, y), saved as they are drawn
+    def u_student(y):  # no guidance pass: it learned the guided pairs
+        def u_fn(x, t):
+            return velocity(ema, x, torch.full((len(x),), t, device=x.device), scale, y)
+        return clip_x1(u_fn) if args.clip else u_fn
+
+    # a. the couplings x_1 = Phi(x_0, y), saved as drawn
     training = not args.sample_only and run["epoch"] < args.epochs
     if training:
         pairs = load_pairs(out("pairs.pt"), args, fingerprint)
         first, t0 = pairs["done"], time.time()
         draw_pairs(pairs, u_teacher, args.pair_steps, device,
                    lambda: save_atomic(pairs, out("pairs.pt")))
-        if args.pairs > first:
-            print(f"pairs: {args.pairs - first} in {time.time() - t0:.0f} s")
+        print(f"pairs: {args.pairs - first} drawn in {time.time() - t0:.0f} s")
 
     # the grid: 8 of each digit, the same noise every epoch
     rows = torch.arange(10, device=device).repeat_interleave(8)
@@ -415,17 +390,14 @@ def main(argv=None):
     x_grid = torch.randn(len(rows), 1, 28, 28, generator=gen).to(device)
     labels = [str(d) for d in range(10)]
 
-    # b. reflow: the student learns the line from each x_0 to its x_1
+    # b. reflow: the student learns each line x_0 -> x_1
     if training:
         x0s, ys, x1s = (pairs[k].to(device) for k in ("x0", "y", "x1"))
-        step, train_s = len(run["loss_history"]), 0.0
-        first = run["epoch"] + 1
+        step, train_s, first = len(run["loss_history"]), 0.0, run["epoch"] + 1
         for epoch in range(first, args.epochs + 1):
             losses = []  # this epoch's, on the device: no sync per step
-            with EpochLog(epoch, args.epochs, len(x0s), losses,
-                          run["epoch"]) as log:
-                order = torch.randperm(len(x0s), device=device)
-                for idx in order.split(args.batch_size):
+            with EpochLog(epoch, args.epochs, len(x0s), losses, run["epoch"]) as log:
+                for idx in torch.randperm(len(x0s), device=device).split(args.batch_size):
                     loss = reflow_loss(model, x0s[idx], x1s[idx], ys[idx],
                                        scale, args.loss, args.t_dist)
                     opt.zero_grad(set_to_none=True)
@@ -435,81 +407,63 @@ def main(argv=None):
                     step += 1
                     losses.append(loss.detach())
                     log.step(len(idx))  # progress, NaN stop, Ctrl-C
-            losses = torch.stack(losses).cpu()
-            run["loss_history"] = torch.cat([run["loss_history"], losses])
+            run["loss_history"] = torch.cat([run["loss_history"], torch.stack(losses).cpu()])
             run["epoch"], train_s = epoch, train_s + log.seconds
             x_1 = flow_sample(u_student(rows), x_grid, "euler", 1)
-            save_snapshot(run, epoch, x_1, rows, args.out_dir, labels,
-                          f"{SCRIPT}: epoch {epoch} (EMA, Euler 1, NFE 1)")
+            title = f"{SCRIPT}: epoch {epoch} (EMA, Euler 1, NFE 1)"
+            save_snapshot(run, epoch, x_1, rows, args.out_dir, labels, title)
             save_run(run, model, ema, opt, args, device, ckpt_path, SCRIPT)
         n = args.epochs - first + 1
-        print(f"train: {train_s / n:.1f} s/epoch, "
-              f"{n * len(x0s) / train_s:.0f} img/s")
-    if len(run["loss_history"]):
-        plot_loss(run["loss_history"], out("loss.png"), f"{SCRIPT}: loss")
+        print(f"train: {train_s / n:.1f} s/epoch, {n * len(x0s) / train_s:.0f} img/s")
 
     # figures: the student's grid; both models at 1, 2, 4, 8 steps
     label = f"{args.sampler.capitalize()} {args.steps}, NFE {args.nfe}"
     x_1 = flow_sample(u_student(rows), x_grid, args.sampler, args.steps)
-    save_grid(x_1, out("samples.png"), 8, f"{SCRIPT}: student, {label}",
-              labels)
+    save_grid(x_1, out("samples.png"), 8, f"{SCRIPT}: student, {label}", labels)
     y10, x10 = rows[::8], x_grid[::8]  # one of each digit
     grids = [flow_sample(u(y10), x10, "euler", k)
              for u in (u_teacher, u_student) for k in COMPARE_STEPS]
-    who_k = [f"{who} {k}" for who in ("teacher", "student")
-             for k in COMPARE_STEPS]
-    save_grid(torch.cat(grids), out("compare.png"), 10,
-              f"{SCRIPT}: the same noise, Euler k steps "
-              f"(the teacher, guided: up to 2k NFE)", who_k, labels)
+    who_k = [f"{who} {k}" for who in ("teacher", "student") for k in COMPARE_STEPS]
+    title = f"{SCRIPT}: the same noise, Euler k steps (teacher, guided: up to 2k NFE)"
+    save_grid(torch.cat(grids), out("compare.png"), 10, title, who_k, labels)
 
     # straightness along each model's own path; pixel paths
     paths = {"teacher": [], "student": []}
     for who, u in (("teacher", u_teacher), ("student", u_student)):
         flow_sample(u(y10), x10, "euler", PATH_STEPS, paths[who])
     S = {who: straightness(p) for who, p in paths.items()}
-    print("straightness S (0: straight): "
-          + ", ".join(f"{w} {s.mean():.4f}" for w, s in S.items()))
-    plot_straightness(S, out("straightness.png"))
-    plot_paths(paths, out("paths.png"))
+    print("straightness S (0: straight):", ", ".join(f"{w} {s.mean():.4f}" for w, s in S.items()))
+    plot_straightness(S, paths, out("straightness.png"))
 
     # samples: N digits for evaluate.py, 0, 1, ..., 9, 0, ...
     if args.n_samples:
-        y = torch.arange(10, device=device).repeat(args.n_samples // 10 + 1)
-        y = y[:args.n_samples]
-        gen = torch.Generator().manual_seed(args.seed + 2)  # flow_class's
-        noise = [torch.randn(len(c), 1, 28, 28, generator=gen).to(device)
-                 for c in y.split(250)]
+        y = torch.arange(args.n_samples, device=device) % 10
+        gen = torch.Generator().manual_seed(args.seed + 2)  # flow_class.py's
+        noise = [torch.randn(len(c), 1, 28, 28, generator=gen).to(device) for c in y.split(250)]
         t0 = time.time()
-        xs = [flow_sample(u_student(c), x, args.sampler, args.steps)
-              for c, x in zip(y.split(250), noise)]
-        x = torch.cat(xs).clamp(0, 1).cpu()
-        print(f"sample: {len(x)} digits, {label}, in "
-              f"{time.time() - t0:.2f} s -> samples.pt")
-        save_atomic({"x": x, "y": y.cpu(), "config": vars(args),
-                     "epoch": run["epoch"]}, out("samples.pt"))
-    print(f"outputs in {args.out_dir}/: "
-          + ", ".join(sorted(os.listdir(args.out_dir))))
-    figures = ("samples.png", "compare.png", "straightness.png", "paths.png",
-               "loss.png")
-    show(*[out(f) for f in figures if os.path.exists(out(f))])  # notebooks
-
+        x = torch.cat([flow_sample(u_student(c), z, args.sampler, args.steps)
+                       for c, z in zip(y.split(250), noise)]).clamp(0, 1).cpu()
+        print(f"sample: {len(x)} digits, {label}, in {time.time() - t0:.2f} s -> samples.pt")
+        save_atomic({"x": x, "y": y.cpu(), "config": vars(args), "epoch": run["epoch"]},
+                    out("samples.pt"))
+    print(f"outputs in {args.out_dir}/: " + ", ".join(sorted(os.listdir(args.out_dir))))
+    figures = [out(f) for f in ("samples.png", "compare.png", "straightness.png")]
+    show(*[f for f in figures if os.path.exists(f)])  # in a notebook
 # =================================================================================================
 # Plumbing, the same in every script that has it (skip on a first read): errors, data, files, plots.
 # --- shared: errors and notebooks ---
 def die(msg, code=2):
-    """A user error: one line on stderr, no traceback; in a notebook the cell fails with that line."""
+    """A user error: one line on stderr, no traceback; in a notebook, the cell fails with it."""
     if in_notebook():
         raise OneLineError(f"error: {msg}")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
-
 class OneLineError(Exception):
     """die's error in a notebook: IPython shows only what _render_traceback_ returns, one line."""
     def _render_traceback_(self):
         return [str(self)]
-
 def in_notebook():
-    """True in a Jupyter or Colab kernel, where sys.argv is the kernel's and sys.exit ends nothing."""
+    """True in a Jupyter or Colab kernel: sys.argv is the kernel's, and sys.exit ends nothing."""
     shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
     return shell is not None and "IPKernelApp" in shell.config
 # --- shared: device ---
@@ -526,7 +480,7 @@ def pick_device(name):
         die(f"--device {name}: not available on this machine (use auto, cpu, cuda, cuda:1 or mps)")
 # --- shared: atomic save ---
 def save_atomic(obj, path, write=torch.save):
-    """write(obj, file) to path.tmp, fsync, rename: a kill or a full disk leaves the old file whole."""
+    """write(obj, file) to path.tmp, fsync, rename: a kill or full disk leaves the old file whole"""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -540,7 +494,7 @@ def save_atomic(obj, path, write=torch.save):
         die(f"cannot write {path} ({e.strerror or e}); the previous file, if any, is kept")
 # --- shared: run safety ---
 def prepare_out_dir(out_dir, continuing):
-    """Make --out-dir, check that it takes files, never start over a run there; return ckpt.pt's path."""
+    """Make --out-dir, check it takes files, never start over a run there; return ckpt.pt's path."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         open(os.path.join(out_dir, ".write_test"), "wb").close()
@@ -552,29 +506,24 @@ def prepare_out_dir(out_dir, continuing):
         die(f"{ckpt_path} exists: pass --resume to continue it, --sample-only to sample, "
             f"or another --out-dir")
     return ckpt_path
-
 def rng_state(device):
     """The generators a resumed run must continue: the CPU's, and the GPU's (cuda or mps) in use."""
     gpu = {"cuda": torch.cuda.get_rng_state_all, "mps": torch.mps.get_rng_state}.get(device.type)
     return {"cpu": torch.get_rng_state(), **({device.type: gpu()} if gpu else {})}
-
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
     if device.type in ("cuda", "mps") and state.get(device.type) is not None:
         setter = {"cuda": torch.cuda.set_rng_state_all, "mps": torch.mps.set_rng_state}[device.type]
         setter(state[device.type])
-
 class EpochLog:
-    """An epoch's progress bar, Ctrl-C, .seconds, and a NaN check of losses every 25 steps (a sync)."""
+    """An epoch's progress bar, Ctrl-C, .seconds, and a NaN check every 25 steps (a GPU sync)."""
     def __init__(self, epoch, epochs, n_images, losses, last):
         self.epoch, self.losses, self.left, self.t0 = epoch, losses, n_images, time.time()
         self.kept = f"ckpt.pt holds epoch {last}: --resume continues it" if last else \
             "no checkpoint was written"
         self.bar = tqdm(total=n_images, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True)
-
     def __enter__(self):
         return self
-
     def step(self, n_images):
         self.bar.update(n_images)
         self.left -= n_images  # counted here: a disabled bar (TQDM_DISABLE) counts nothing
@@ -585,11 +534,9 @@ class EpochLog:
             bad = (~torch.isfinite(losses)).nonzero()
             if len(bad):
                 self.bar.close()  # else the bar redraws itself after the error line
-                step = bad[0].item()
-                die(f"the loss is {losses[step].item()} at epoch {self.epoch}, step {step + 1}: "
-                    f"training stopped; {self.kept} (a lower --lr may help)")
+                die(f"the loss is {losses[bad[0]].item()} at epoch {self.epoch}, step "
+                    f"{bad[0].item() + 1}: training stopped; {self.kept} (a lower --lr may help)")
             self.bar.set_postfix(loss=f"{losses[-25:].mean().item():.4f}")
-
     def __exit__(self, error, *_):
         self.bar.close()  # also on Ctrl-C, before the one-line message (not after it)
         self.seconds = time.time() - self.t0
@@ -597,9 +544,9 @@ class EpochLog:
             die(f"interrupted in epoch {self.epoch}; {self.kept}", 130)
 # --- shared: checkpoints ---
 def open_run(args, given, script, train_keys):
-    """ckpt.pt's path, and for --resume or --sample-only (--ckpt implies it) the checkpoint (--ckpt,
-    else ckpt.pt; None for a new run). The run takes its training flags: for --resume, one given with
-    another value is an error; for sampling, a given --seed draws other noise. --epochs may grow."""
+    """ckpt.pt's path, and for --resume or --sample-only (--ckpt implies it) the checkpoint
+    (--ckpt, else ckpt.pt; None for a new run). The run takes its training flags: for --resume,
+    one given with another value is an error; for sampling, a given --seed draws other noise."""
     if args.ckpt and args.resume:
         die("--ckpt is for sampling (it implies --sample-only); --resume continues OUT_DIR/ckpt.pt")
     args.sample_only = args.sample_only or bool(args.ckpt)
@@ -635,7 +582,6 @@ def open_run(args, given, script, train_keys):
     if "about" in ckpt:  # a shipped file (pretrained/) says how it was made and what it scores
         print("\n".join(f"  {k}: {v}" for k, v in ckpt["about"].items()))
     return ckpt_path, ckpt
-
 def restore_run(ckpt, model, ema, opt, device, out_dir):
     """The run so far (epochs, losses, grids); the weights, optimizer and RNG put back."""
     run = {"epoch": 0, "loss_history": torch.zeros(0), "snapshots": {}}
@@ -655,34 +601,21 @@ def restore_run(ckpt, model, ema, opt, device, out_dir):
     run.update(epoch=ckpt["epoch"], loss_history=ckpt["loss_history"])
     run["snapshots"] = {e: g for e, g in grids.items() if e <= run["epoch"]}
     return run
-
 def save_run(run, model, ema, opt, args, device, path, script):
     """The checkpoint: weights, EMA, optimizer, RNG, loss history and the flags that made them."""
     save_atomic({"script": script, "config": vars(args), "epoch": run["epoch"],
                  "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                  "loss_history": run["loss_history"], "rng": rng_state(device)}, path)
-# --- shared: snapshots and loss ---
+# --- shared: snapshots ---
 def save_snapshot(run, epoch, x, y, out_dir, row_labels, title):
     """An epoch's grid of samples x: a PNG, and in snapshots.pt (make_gif.py --progress)."""
     run["snapshots"][epoch] = to_uint8(x).cpu()
     save_grid(x, os.path.join(out_dir, f"samples_epoch{epoch:03d}.png"), 8, title, row_labels)
     save_atomic({"grids": run["snapshots"], "y": None if y is None else y.cpu()},
                 os.path.join(out_dir, "snapshots.pt"))
-
-def plot_loss(losses, path, title):
-    """Per-step loss (light) and its moving average (dark), log scale."""
-    k = max(1, len(losses) // 100)  # the moving average's window
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    ax.plot(losses.numpy(), alpha=0.3, lw=0.5, label="per step")
-    mean = losses.unfold(0, k, 1).mean(1)
-    ax.plot(range(k - 1, len(losses)), mean.numpy(), lw=1.5, label=f"mean of {k} steps")
-    ax.set(yscale="log", xlabel="step", ylabel="MSE loss", title=title)
-    ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
 # --- shared: image grid ---
 def image_grid(x01, nrow, pad=2):
-    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0] without importing it (slow): (H', W')."""
+    """torchvision's make_grid(x01, nrow, pad, pad_value=1)[0], without importing it: (H', W')."""
     n, _, h, w = x01.shape
     cols = min(nrow, n)
     rows = math.ceil(n / cols)
@@ -691,34 +624,33 @@ def image_grid(x01, nrow, pad=2):
     grid = cells.view(rows, cols, h + pad, w + pad).transpose(1, 2)  # a border above and left
     grid = grid.reshape(rows * (h + pad), cols * (w + pad))
     return F.pad(grid, (0, pad, 0, pad), value=1)  # and below and right of the whole grid
-# --- shared: grids and uint8 ---
+# --- shared: grids ---
 def save_grid(x, path, nrow, title, row_labels=None, col_labels=None):
     """x (N, 1, 28, 28), clamped to [0, 1] -> a PNG of a grid, nrow images a row, labelled."""
     rows = math.ceil(len(x) / nrow)
-    fig = Figure(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5))
-    ax = fig.subplots()
+    ax = Figure(figsize=(0.4 * nrow + 0.6, 0.4 * rows + 0.5)).subplots()
     ax.imshow(image_grid(x.float().cpu().clamp(0, 1), nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([30 * c + 15 for c in range(nrow)] if col_labels else [], col_labels or [],
                   fontsize=7)
     ax.set_yticks([30 * r + 15 for r in range(rows)] if row_labels else [], row_labels or [],
                   fontsize=8)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-
+    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+# --- shared: uint8 ---
 def to_uint8(x):
     """x in [0, 1] (clamped: samples overshoot) -> uint8 0..255, the frames of the .pt files."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 # --- shared: figures inline ---
 def show(*paths):
-    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing: they are files."""
+    """In a notebook, these images (PNG, GIF) below the cell; in a terminal nothing (files only)."""
     if in_notebook():
         from IPython.display import Image, display  # a notebook's kernel runs on IPython
         for path in paths:
             display(Image(filename=path))
 # --- shared: entry point ---
 def command(main):
-    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed write
-    are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
+    """main(argv) as a command (terminal, notebook, test): Ctrl-C (the stop button) and a failed
+    write are one line too; the SIGINT handler and sys.unraisablehook are put back after."""
     def run(argv=None):
         global ctrl_c_pressed
         before = signal.getsignal(signal.SIGINT), sys.unraisablehook
@@ -735,16 +667,13 @@ def command(main):
             signal.signal(signal.SIGINT, before[0])
             ctrl_c_pressed, sys.unraisablehook = False, before[1]
     return run
-
 ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
-
 def on_ctrl_c(signum, frame):
     """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
     errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt
-
 main = command(main)  # main(argv), argv a list of flags: main(["--epochs", "3"]) in a notebook
 if __name__ == "__main__":
     main()

@@ -293,7 +293,7 @@ def test_bad_flags(args, capsys):
 
 def test_no_data_is_a_clear_error(tmp_path, capsys):
     msg = exit_line(["--data-dir", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "out"), *TINY], capsys)
-    assert "put the four idx files" in msg.lower()
+    assert "four idx files" in msg.lower()
 
 
 def test_existing_run_is_not_overwritten(smoke, capsys):

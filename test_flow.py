@@ -101,10 +101,12 @@ def std_error(sampler, steps, calls=None):
         if calls is not None:
             calls.append(t)
         return exact_velocity(x, t)
-    x1, ts, frames = flow_time.flow_sample(u_fn, z, sampler, steps)
+    path = []
+    x1 = flow_time.flow_sample(u_fn, z, sampler, steps, path)
     assert x1.mean().item() == pytest.approx(M, abs=1e-6)
+    ts = flow_time.flow_timesteps(steps)
     assert ts.is_floating_point() and ts[0] == 0 and ts[-1] == 1 and (ts[1:] > ts[:-1]).all() and len(ts) == steps + 1
-    assert frames.dtype == torch.uint8 and frames.shape == (steps + 1, 20000, 1, 1, 1)
+    assert len(path) == steps + 1 and path[0] is z and path[-1] is x1  # every x_t, x_0 to x_1
     return abs(x1.std().item() - S)
 
 
@@ -134,9 +136,13 @@ def test_nfe_is_what_the_sampler_evaluates(sampler, steps):
 
 def test_nothing_is_clipped_inside_the_ode():
     """Out of [0, 1] and back: the ODE keeps x_t as it is, only the saved frames are clamped."""
-    u_fn = lambda x, t: torch.full_like(x, 3.0 if t < 0.5 else -1.0)  # noqa: E731  0 -> 1.5 -> 1.0
-    x1, _, frames = flow_time.flow_sample(u_fn, torch.zeros(2, 1, 28, 28), "euler", 2)
+    def u_fn(x, t):  # 0 -> 1.5 -> 1.0
+        return torch.full_like(x, 3.0 if t < 0.5 else -1.0)
+    path = []
+    x1 = flow_time.flow_sample(u_fn, torch.zeros(2, 1, 28, 28), "euler", 2, path)
     assert torch.allclose(x1, torch.ones_like(x1))                    # clipped at t = 0.5 it would end at 0.5
+    assert torch.allclose(path[1], torch.full_like(x1, 1.5))
+    frames = flow_time.to_uint8(torch.stack(path))
     assert (frames[1] == 255).all() and (frames[2] == 255).all()
 
 
@@ -167,12 +173,12 @@ def test_clip_x1_through_the_sampler():
     c = 0.3
     z = torch.randn(5000, 1, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = lambda x, t: (c - x) / (1 - t)  # noqa: E731
-    plain = flow_time.flow_sample(exact, z, "euler", 5)[0]
-    clipped = flow_time.flow_sample(flow_time.clip_x1(exact), z, "euler", 5)[0]
+    plain = flow_time.flow_sample(exact, z, "euler", 5)
+    clipped = flow_time.flow_sample(flow_time.clip_x1(exact), z, "euler", 5)
     assert torch.allclose(plain, clipped) and torch.allclose(clipped, torch.full_like(z, c))
     push = lambda x, t: torch.full_like(x, 3.0)  # noqa: E731
-    assert torch.allclose(flow_time.flow_sample(push, z, "euler", 5)[0], z + 3)
-    clipped = flow_time.flow_sample(flow_time.clip_x1(push), z, "euler", 5)[0]
+    assert torch.allclose(flow_time.flow_sample(push, z, "euler", 5), z + 3)
+    clipped = flow_time.flow_sample(flow_time.clip_x1(push), z, "euler", 5)
     assert clipped.min() >= -1e-12 and clipped.max() <= 1 + 1e-12
     assert ((clipped - 1).abs() < 1e-9).float().mean() > 0.95  # every start above -2 ends at white (1)
 
@@ -185,7 +191,7 @@ def test_heun_lands_on_a_point_mass_without_looking_at_t_1(steps):
     c = 0.3
     z = torch.randn(1000, 1, 1, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = lambda x, t: (c - x) / (1 - t)  # noqa: E731
-    x1 = flow_time.flow_sample(exact, z, "heun", steps)[0]
+    x1 = flow_time.flow_sample(exact, z, "heun", steps)
     assert torch.allclose(x1, torch.full_like(z, c))
 
 # --- guidance, through the sampler ---------------------------------------------------------------
@@ -208,7 +214,7 @@ def test_guidance_through_the_sampler(w):
     guided and on B for u_u or u_c alone (w = 0, 1), the network fed 1000 t."""
     net, y = LabelVelocity(), torch.tensor([3, 7])
     x0 = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    x1 = flow_class.flow_sample(flow_class.guided_velocity_fn(net, y, w, 1000.0), x0, "heun", 2)[0]
+    x1 = flow_class.flow_sample(flow_class.guided_velocity_fn(net, y, w, 1000.0), x0, "heun", 2)
     expected = 10 + w * (y.float() - 10)
     assert torch.allclose(x1 - x0, expected.view(-1, 1, 1, 1).expand_as(x0), atol=1e-5)
     assert [n for n, _ in net.seen] == [2 if w in (0, 1) else 4] * flow_class.count_nfe("heun", 2)
@@ -222,7 +228,7 @@ def test_guidance_interval_through_the_sampler(w):
     w <= 1 is not guidance (no extrapolation) and stays as it is everywhere."""
     net, y = LabelVelocity(), torch.tensor([3, 7])
     x0 = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    x1 = flow_class.flow_sample(flow_class.guided_velocity_fn(net, y, w, 1000.0, 0.5), x0, "euler", 4)[0]
+    x1 = flow_class.flow_sample(flow_class.guided_velocity_fn(net, y, w, 1000.0, 0.5), x0, "euler", 4)
     u_early, u_late = (10 + min(w, 1) * (y.float() - 10)), (10 + w * (y.float() - 10))
     expected = (u_early + u_late) / 2
     assert torch.allclose(x1 - x0, expected.view(-1, 1, 1, 1).expand_as(x0), atol=1e-5)

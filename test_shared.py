@@ -206,16 +206,22 @@ def test_main_and_the_method_read_at_a_glance(f):
     assert method <= 65 and main <= 62, f"{f}: method {method:.1f}, main() {main:.1f} characters a line"
 
 
+MAINS_PHASES = ("load_", "open_", "save_", "restore_", "plot_", "report_", "run_", "train_")
+
+
 @pytest.mark.parametrize("f", TRAINING + ["edit.py"])
 def test_a_method_function_needs_nothing_from_the_tail(f):
-    """Each function above the Plumbing banner that a student would copy (all but main, get_args and the
-    loaders that check files) names only what is defined above the banner, or standard torch."""
+    """Each function above the Plumbing banner that a student would copy (the method: forward process,
+    loss, sampler, guidance, EMA, edit.py's parts) names only what is defined above the banner, or
+    standard torch. Not checked: main, get_args, and main's phases, which read or write the run's
+    files and are named for it (MAINS_PHASES: load_, open_, save_, restore_, plot_, report_, ...)."""
     tree, start = ast.parse(source(f)), tail_start(f) + 1
     tail_names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.lineno > start}
     tail_names |= {t.id for n in tree.body if isinstance(n, ast.Assign) and n.lineno > start for t in n.targets
                    if isinstance(t, ast.Name)}
     for name, (node, _) in top_level_defs(f).items():
-        if node.lineno > start or name in ("main", "get_args", "parse_flags") or name.startswith("load_"):
+        if node.lineno > start or name in ("main", "get_args", "parse_flags") \
+                or name.startswith(MAINS_PHASES):
             continue
         used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & tail_names
         assert not used, f"{f}: {name} calls the tail's {sorted(used)}: copied alone into a cell it fails"
