@@ -632,12 +632,12 @@ def command(main):
             die(f"{e.strerror or e}{where}: stopped; the files written are whole")
         finally:
             signal.signal(signal.SIGINT, before[0])
-            ctrl_c_pressed, sys.unraisablehook = False, before[1]
+            quiet = ctrl_c_pressed and not in_notebook()  # what Ctrl-C cut off dies at exit, quiet
+            ctrl_c_pressed, sys.unraisablehook = False, sys.unraisablehook if quiet else before[1]
     return run
 ctrl_c_pressed = False  # set by on_ctrl_c, read by EpochLog
 def on_ctrl_c(signum, frame):
-    """KeyboardInterrupt, remembered for EpochLog (Python drops one raised in a __del__); __del__
-    errors go unprinted from here on (a tqdm bar cut off mid-build fails in its __del__)."""
+    """KeyboardInterrupt, kept for EpochLog (lost if raised in a __del__); __del__ errors unshown"""
     global ctrl_c_pressed
     ctrl_c_pressed, sys.unraisablehook = True, lambda unraisable: None
     raise KeyboardInterrupt

@@ -27,8 +27,8 @@ QUICK = {
     "ddpm_time": (["--sampler", "ddim", "--steps", FEW_STEPS], {"DDIM_STEPS": FEW_STEPS}),
     "ddpm_class": (["--sampler", "ddim", "--steps", FEW_STEPS, "--digits", 3],
                    {"DDIM_STEPS": FEW_STEPS, "GUIDANCE_SWEEP": (0, 5)}),
-    "flow_time": (["--steps", FEW_STEPS], {"STEPS": FEW_STEPS}),
-    "flow_class": (["--steps", FEW_STEPS, "--digits", 3], {"STEPS": FEW_STEPS, "GUIDANCE_SWEEP": (0, 5)}),
+    "flow_time": (["--steps", FEW_STEPS], {}),  # every figure takes --steps
+    "flow_class": (["--steps", FEW_STEPS, "--digits", 3], {"GUIDANCE_SWEEP": (0, 5)}),
     "reflow": (["--steps", 1], {"PATH_STEPS": FEW_STEPS}),  # one step, the student's point
 }
 
