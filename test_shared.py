@@ -225,3 +225,115 @@ def test_a_method_function_needs_nothing_from_the_tail(f):
             continue
         used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & tail_names
         assert not used, f"{f}: {name} calls the tail's {sorted(used)}: copied alone into a cell it fails"
+
+
+# --- the method, pasted into cells: everything above the banner, run without the tail ------------------
+def above_the_banner(f):
+    """The script's text above the Plumbing banner exec'd alone, as a student's cells: its namespace."""
+    ns = {"__name__": "cells"}
+    exec(compile("\n".join(source(f).splitlines()[:tail_start(f)]), f"{f} (above the banner)", "exec"), ns)
+    return ns
+
+
+def train_step(m, model, loss):
+    """loss.backward(), then the script's EMA update on a copy: the training step's pieces."""
+    import copy
+    import torch
+    loss.backward()
+    ema = copy.deepcopy(model).requires_grad_(False)
+    m["ema_update"](ema, model, 0.999, 0)
+    assert torch.isfinite(loss)
+
+
+def exercise_ddpm(m, f):
+    import torch
+    sched, x0 = m["make_schedule"](10, "linear", "cpu"), torch.rand(4, 1, 28, 28)
+    conditioned = "ddpm_loss_cfg" in m
+    model = m["UNet"]((8, 8, 8), n_classes=11) if conditioned else m["UNet"]((8, 8, 8))
+    y = torch.tensor([1, 2, 3, 4])
+    loss = m["ddpm_loss_cfg"](model, x0, y, sched, 0.1) if conditioned else m["ddpm_loss"](model, x0, sched)
+    train_step(m, model, loss)
+    if conditioned:
+        eps_fn = m["guided_eps_fn"](model, y, 5.0, sched, 0.5)
+    else:
+        def eps_fn(x, t):
+            return model(x, torch.full((len(x),), t))
+    path = []
+    with torch.no_grad():
+        x = m["sample"](eps_fn, torch.randn(4, 1, 28, 28), sched, "ddpm", None, torch.Generator(), path)
+        assert len(path) == 11 and path[-1] is x
+        x = m["sample"](eps_fn, torch.randn(4, 1, 28, 28), sched, "ddim", 3, None)
+    if "prior_kl" in m:  # compare_schedules' measures of the schedule
+        gap = m["start_gap"](x0, sched["alpha_bar"][-1])
+        assert gap["prior_kl"] == m["prior_kl"](x0, sched["alpha_bar"][-1]) > 0 and gap["xT_proj"] > 0
+    return x
+
+
+def exercise_flow(m, f):
+    import torch
+    x1, y = torch.rand(4, 1, 28, 28), torch.tensor([1, 2, 3, 4])
+    model = m["UNet"]((8, 8, 8), n_classes=11) if f != "flow_time.py" else m["UNet"]((8, 8, 8))
+    if f == "flow_time.py":
+        loss = m["flow_loss"](model, x1, 1000.0)
+
+        def u_fn(x, t):
+            return m["velocity"](model, x, torch.full((len(x),), t), 1000.0)
+    else:
+        u_fn = m["guided_velocity_fn"](model, y, 5.0, 1000.0, 0.5)
+        if f == "flow_class.py":
+            loss = m["flow_loss_cfg"](model, x1, y, 1000.0, 0.1)
+        else:  # reflow.py: its loss on pairs (x_0, x_1), and the pairs drawn by a teacher
+            loss = m["reflow_loss"](model, torch.randn(4, 1, 28, 28), x1, y, 1000.0, "huber", "u")
+            pairs = {"x0": torch.randn(4, 1, 28, 28), "y": y, "x1": torch.zeros(4, 1, 28, 28), "done": 0}
+            m["draw_pairs"](pairs, lambda y: u_fn, 2, "cpu", lambda: None)
+            assert pairs["done"] == 4 and pairs["x1"].abs().sum() > 0
+    train_step(m, model, loss)
+    path = []
+    with torch.no_grad():
+        x = m["flow_sample"](m["clip_x1"](u_fn), torch.randn(4, 1, 28, 28), "heun", 3, path)
+    assert len(path) == 4 and m["count_nfe"]("heun", 3) == 5
+    if "straightness" in m:
+        assert m["straightness"](path).shape == (3,)
+    return x
+
+
+def exercise_denoise(m, f):
+    import torch
+    model, x = m["UnconditionalUNet"](8), torch.rand(4, 1, 28, 28)
+    train_step({"ema_update": lambda *a: None}, model, m["denoise_loss"](model, x, 0.5, False))
+    z = m["add_noise"](x, 0.5, torch.randn_like(x))
+    return m["denoise"](model.eval(), z)
+
+
+def exercise_edit(m, f):
+    import torch
+    sched, gen = m["make_schedule"](10, "linear", "cpu"), torch.Generator()
+    model = m["UNet"]((8, 8, 8), n_classes=11).eval()
+    eps_fn, x0 = m["digits_eps"](model, [3], 2, 5.0), torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        outs = [m["sdedit"](eps_fn, x0, 5, sched, 4, gen),
+                m["inpaint"](eps_fn, x0, torch.rand(2, 1, 28, 28) > 0.5, sched, 4, gen),
+                m["sample"](m["anagram_eps"](eps_fn, eps_fn, m["TRANSFORMS"]["flip"]), torch.randn(2, 1, 28, 28),
+                            sched, "ddim", 4, None),
+                m["sample"](m["hybrid_eps"](eps_fn, eps_fn, lambda e: m["gaussian_blur"](e, 1.0)),
+                            torch.randn(2, 1, 28, 28), sched, "ddim", 4, None),
+                m["slerp"](torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28), 0.5)]
+        x_T = m["ddim_invert"](eps_fn, x0, sched, 4, 2)
+    assert m["psnr_db"](outs[0], x0).isfinite().all() and x_T.shape == x0.shape
+    return torch.cat(outs)
+
+
+EXERCISE = {"ddpm_time.py": exercise_ddpm, "ddpm_class.py": exercise_ddpm, "compare_schedules.py": exercise_ddpm,
+            "flow_time.py": exercise_flow, "flow_class.py": exercise_flow, "reflow.py": exercise_flow,
+            "denoise_single_step.py": exercise_denoise, "edit.py": exercise_edit}
+
+
+@pytest.mark.parametrize("f", sorted(EXERCISE))
+def test_the_method_runs_without_the_tail(f):
+    """Issue #37's copy-a-piece promise, run: the text above the banner alone (no die, no checkpoints, no
+    plots) trains a step, updates the EMA and samples, on tiny tensors. A method function that reached
+    into the tail would fail here with a NameError."""
+    import torch
+    torch.manual_seed(0)
+    x = EXERCISE[f](above_the_banner(f), f)
+    assert torch.isfinite(x).all()
