@@ -28,6 +28,7 @@ def run_tensors(folder):
     return flat | {"loss_history": ckpt["loss_history"], "x": samples["x"], "y": samples["y"]}
 
 
+@pytest.mark.slow
 def test_no_lever_and_the_foreach_ema_train_and_sample_as_the_script_does(tiny_mnist, tmp_path):
     args = ["--data-dir", tiny_mnist, "--epochs", "2", *TINY]
     run_script("ddpm_class.py", *args, "--out-dir", tmp_path / "plain")

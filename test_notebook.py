@@ -74,6 +74,7 @@ def one_line(outputs):
     return err["evalue"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_script_pasted_whole_does_its_default_job(kernel, script, tmp_path):
     """Pasted whole into a cell (its last line runs main()), a script never reads the kernel's own argv: it
@@ -122,6 +123,7 @@ def test_a_gif_shows_inline(kernel, tiny_mnist):
     assert not errors(out) and len(images(out, "image/gif")) == 1, out
 
 
+@pytest.mark.slow
 def test_the_stop_button_is_one_line_and_resume_continues_the_same_run(kernel, tiny_mnist, one_thread,
                                                                         tmp_path):
     """The stop button (SIGINT to the kernel) during training: one line, a whole checkpoint; --resume in the
@@ -156,6 +158,7 @@ def test_the_stop_button_is_one_line_and_resume_continues_the_same_run(kernel, t
     assert torch.equal(resumed["loss_history"], straight["loss_history"])
 
 
+@pytest.mark.slow
 def test_the_course_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     """cs180.ipynb, committed without outputs, runs every cell with tiny settings and shows figures."""
     path = os.path.join(HERE, "cs180.ipynb")

@@ -106,6 +106,7 @@ def test_couplings_are_the_teachers_own_samples_bit_for_bit(teacher, tmp_path, o
         assert torch.equal(pairs["x1"][i:i + 250], flow_class.flow_sample(u, x0, "euler", 4))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_and_cut_off_pairs_are_the_same_run(teacher, tmp_path, one_thread):
     straight, parts = tmp_path / "straight", tmp_path / "parts"
     run_script("reflow.py", "--ckpt", teacher, "--out-dir", straight, *RUN)
@@ -127,6 +128,7 @@ def test_a_resumed_run_and_cut_off_pairs_are_the_same_run(teacher, tmp_path, one
     assert torch.equal(pa["x1"], pb["x1"])
 
 
+@pytest.mark.slow
 def test_a_tiny_run_copied_alone_writes_its_figures_and_samples(teacher, tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()

@@ -219,6 +219,7 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tiny_mnist,
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", [f[:-3] for f in scripts(HERE)])
 def test_ctrl_c_that_cuts_an_object_off_mid_construction_is_still_one_line(script):
     """Ctrl-C can land inside a constructor (tqdm's, as an epoch starts): the half-built object then fails in its
