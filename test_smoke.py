@@ -249,6 +249,7 @@ RECIPE = [  # (what the code says, what it says after the deletion)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["ddpm_time.py", "ddpm_class.py", "flow_time.py", "flow_class.py"])
 def test_what_the_header_says_to_delete_can_be_deleted(script, tiny_mnist, tmp_path, one_thread):
     """The header's recipe (without --resume, --sample-only and --ckpt: open_run, restore_run and the RNG state;
