@@ -104,6 +104,11 @@ def test_ckpt_samples_another_runs_weights_into_a_fresh_folder(finished, tmp_pat
     s = torch.load(out / "samples.pt", weights_only=True)
     assert s["config"]["lr"] == 2e-3 and s["config"]["channels"] == [8, 8, 8] and s["y"].tolist() == [4, 4]
     assert not (out / "ckpt.pt").exists() and os.path.getmtime(ckpt) == before
+    # --seed with --ckpt: other noise from the same weights (the run was trained with --seed 0)
+    ddpm_class.main(["--ckpt", ckpt, "--out-dir", str(tmp_path / "seed1"), "--seed", "1", "--sampler", "ddim",
+                     "--steps", "3", "--digits", "4", "--n-samples", "2", "--device", "cpu"])
+    s1 = torch.load(tmp_path / "seed1" / "samples.pt", weights_only=True)
+    assert s1["config"]["seed"] == 1 and s1["config"]["lr"] == 2e-3 and not torch.equal(s1["x"], s["x"])
     assert "no checkpoint at" in main_error(ddpm_class, ["--ckpt", tmp_path / "typo.pt", "--out-dir", out], capsys)
     assert "not ddpm_time.py" in main_error(ddpm_time, ["--ckpt", ckpt, "--out-dir", out], capsys)
     assert "--ckpt is for sampling" in main_error(ddpm_class, ["--ckpt", ckpt, "--resume", "--out-dir", out], capsys)
