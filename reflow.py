@@ -7,18 +7,18 @@ Papers: Liu, Gong, Liu 2022, "Flow Straight and Fast" (rectified flow), https://
     python reflow.py --resume          # continue a killed run (the pairs drawn are kept)
     python reflow.py --student pretrained/reflow_class.pt --n-samples 1000   # for evaluate.py
 Math (flow_class.py's conventions: x_0 noise, x_1 a digit in [0, 1], t in [0, 1]):
-    coupling     x_1 = Phi(x_0, y): the teacher's guided ODE solution from the noise x_0
+    coupling     x_1 = Phi(x_0, y): the teacher's guided ODE solution (Euler, --pair-steps) from x_0
     reflow loss  || (x_1 - x_0) - u_theta(x_t, t, y) ||,  x_t = (1 - t) x_0 + t x_1  (L2 or Huber)
-    straightness S = E_t || u(x_t, t) - (x_1 - x_0) ||^2 along a model's own path (0: straight)
+    straightness S = E_t || u(x_t, t) - (x_1 - x_0) ||^2 a pixel, along a model's own path
 Why: trained on random pairs (noise, any digit), the teacher's u at x_t is the average direction
     E[x_1 - x_0 | x_t]: near t = 0, toward a blur of many digits. The path bends once a digit shows,
-    and one Euler step, which follows the direction at its start, lands on the blur. The pairs
-    (x_0, Phi(x_0, y)) are one-to-one: their lines barely cross, the average is the line itself, u
-    is constant along it, and one step, x_0 + u(x_0, 0, y), is exact. The guidance is baked in.
+    and one Euler step, which follows the direction at its start, lands on the blur. ODE paths never
+    cross, so the lines between the pairs (x_0, Phi(x_0, y)) rarely do: the average is nearly the
+    line, u nearly constant along it, one step x_0 + u(x_0, 0, y) nearly exact. Guidance baked in.
 Writes to --out-dir (runs/reflow): pairs.pt, ckpt.pt, samples_epochNNN.png (1 step), samples.png,
-    compare.png (both models, 1 to 8 steps), straightness.png (S and pixel paths), samples.pt.
-What you can delete for an assignment: the checks in load_teacher and load_pairs; --resume
-    (open_run: call prepare_out_dir; restore_run: start from an empty run); clip_x1.
+    compare.png (both models, 1 to 8 steps), straightness.png (S, pixel paths), samples.pt (N).
+What you can delete for an assignment: the checks in load_teacher and load_pairs; --resume,
+    --sample-only, --student (open_run: call prepare_out_dir; restore_run: an empty run); clip_x1.
 """
 import argparse
 import copy
@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 SCRIPT = "reflow"
 NULL = 10                     # flow_class.py's "no label" class (digits are 0..9)
-CHUNK, SAVE_EVERY = 250, 2000  # pairs a teacher batch draws; pairs.pt is saved every 2000 pairs
+CHUNK, SAVE_EVERY = 250, 2000  # digits a batch (flow_class.py's); save every 2000 pairs (k CHUNK)
 COMPARE_STEPS = (1, 2, 4, 8)  # compare.png: teacher and student at these Euler steps
 PATH_STEPS = 50               # the Euler steps of the straightness measure and the pixel paths
 PAIR_KEYS = ("pairs", "pair_steps", "guidance", "guide_from", "clip", "seed")  # pairs.pt's
@@ -272,7 +272,7 @@ def sample_t(n, t_dist, device):
 def reflow_loss(model, x0, x1, y, scale, loss, t_dist):
     """|| (x_1 - x_0) - u_theta(x_t, t, y) || on the pairs' lines, x_t = (1 - t) x_0 + t x_1.
     l2: the squared error a pixel. huber: sqrt(||.||^2 + c^2) - c a digit, c = 0.00054 sqrt(784)
-    (Lee et al. 2024): about ||.|| when large, so pairs not fit yet weigh less than squared."""
+    (Lee et al. 2024): small next to ||.||, so about the norm: pairs not fit yet weigh less."""
     t = sample_t(len(x0), t_dist, x0.device)
     err = velocity(model, interpolate(x0, x1, t), t, scale, y) - target_velocity(x0, x1)
     if loss == "l2":
@@ -439,10 +439,10 @@ def main(argv=None):
     if args.n_samples:
         y = torch.arange(args.n_samples, device=device) % 10
         gen = torch.Generator().manual_seed(args.seed + 2)  # flow_class.py's
-        noise = [torch.randn(len(c), 1, 28, 28, generator=gen).to(device) for c in y.split(250)]
+        noise = [torch.randn(len(c), 1, 28, 28, generator=gen).to(device) for c in y.split(CHUNK)]
         t0 = time.time()
         x = torch.cat([flow_sample(u_student(c), z, args.sampler, args.steps)
-                       for c, z in zip(y.split(250), noise)]).clamp(0, 1).cpu()
+                       for c, z in zip(y.split(CHUNK), noise)]).clamp(0, 1).cpu()
         print(f"sample: {len(x)} digits, {label}, in {time.time() - t0:.2f} s -> samples.pt")
         save_atomic({"x": x, "y": y.cpu(), "config": vars(args), "epoch": run["epoch"]},
                     out("samples.pt"))
