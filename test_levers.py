@@ -16,7 +16,8 @@ from tools.with_levers import foreach_ema_update, lever_model
 
 UNPATCHED = (ddpm_class.UNet, ddpm_class.ema_update, torch.optim.AdamW)
 UNPATCHED_DENOISER = denoise_single_step.UnconditionalUNet
-TINY = ["--T", "20", "--channels", "8", "8", "8", "--digits", "3", "7", "--n-samples", "12", "--device", "cpu"]
+TINY = ["--T", "20", "--steps", "4", "--channels", "8", "8", "8", "--digits", "3", "7", "--n-samples", "12",
+        "--device", "cpu"]
 
 
 def run_tensors(folder):
